@@ -1,0 +1,237 @@
+"""Command line: a thin layer over the Python API (framesft.training, framesft.inference, ...)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .errors import FrameSFTError
+
+log = logging.getLogger("framesft")
+
+EPILOG = """examples:
+  framesft demo                                   fine-tune the embedded model on the sample data
+  framesft train configs/mistral-7b-sft.yaml --set training.learning_rate=3e-5
+  framesft data check train.csv test.csv --config configs/mistral-7b-sft.yaml
+  framesft evaluate runs/my-run --data test.csv
+  framesft predict runs/my-run --text "The tariffs will cost jobs."
+  framesft predict runs/my-run --input corpus.csv --output labels.parquet
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="framesft",
+        description="Fine-tune causal LMs with LoRA to classify passages into frames (generative SFT).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("train", help="fine-tune a model from a YAML config")
+    p.add_argument("config", help="YAML config file")
+    add_overrides(p)
+    p.add_argument("--run-dir", help="run folder (default: training.output_dir from the config)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    mode.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+
+    p = commands.add_parser("evaluate", help="evaluate a trained run on a labelled file")
+    p.add_argument("run", help="run folder written by `framesft train`")
+    p.add_argument("--data", required=True, help="CSV/JSONL/Parquet file with text and label columns")
+    p.add_argument("--output-dir", help="where to write results (default: RUN/eval_<file name>)")
+
+    p = commands.add_parser("predict", help="label new text with a trained run")
+    p.add_argument("run", help="run folder written by `framesft train`")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text", action="append", help="a passage to classify (repeatable)")
+    source.add_argument("--input", help="CSV/JSONL/Parquet file with a text column")
+    p.add_argument("--output", help="output file (.csv or .parquet); required with --input")
+    p.add_argument("--text-column", help="text column of --input (default: the run's data.text_column)")
+    p.add_argument("--id-column", help="column to copy into the output as the row id (default: row number)")
+
+    p = commands.add_parser("data", help="inspect data files")
+    data_commands = p.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    check = data_commands.add_parser("check", help="validate data files and print a report",
+                                     description="Validate data files. The first file is treated as the "
+                                     "training file; the others are checked for overlap with it (leakage).")
+    check.add_argument("files", nargs="+", help="training file first, then validation/test files")
+    check.add_argument("--config", help="config for columns, label set and max_length (token counts)")
+    add_overrides(check)
+    check.add_argument("--text-column", help="override data.text_column")
+    check.add_argument("--label-column", help="override data.label_column")
+    check.add_argument("--labels", help="comma-separated label set (default: config label2id, else the data)")
+
+    p = commands.add_parser("demo", help="fine-tune the embedded model on the bundled sample data")
+    p.add_argument("--run-dir", default="runs/demo", help="run folder (default: runs/demo)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    add_overrides(p)
+
+    p = commands.add_parser("config", help="print the resolved config (defaults filled in, overrides applied)")
+    p.add_argument("config", nargs="?", help="YAML config file (default: all defaults)")
+    add_overrides(p)
+    return parser
+
+
+def add_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config value, e.g. --set training.learning_rate=3e-5 (repeatable)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.debug)
+    try:
+        return dispatch(args)
+    except FrameSFTError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def setup_logging(debug: bool) -> None:
+    from rich.logging import RichHandler
+
+    from .reporting import console
+
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(console=console, show_path=debug, rich_tracebacks=debug)], force=True)
+    for noisy in ("httpx", "urllib3", "filelock", "matplotlib", "PIL", "wandb"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not debug:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        import warnings
+
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    show_progress = not args.quiet
+    if args.command == "train":
+        return command_train(args, show_progress)
+    if args.command == "evaluate":
+        return command_evaluate(args, show_progress)
+    if args.command == "predict":
+        return command_predict(args, show_progress)
+    if args.command == "data":
+        return command_data_check(args)
+    if args.command == "demo":
+        from .demo import run_demo
+
+        run_demo(args.run_dir, overwrite=args.overwrite, overrides=args.overrides, show_progress=show_progress)
+        return 0
+    if args.command == "config":
+        from .config import load_config
+
+        print(load_config(args.config, args.overrides).to_yaml(), end="")
+        return 0
+    raise AssertionError(args.command)
+
+
+def command_train(args, show_progress: bool) -> int:
+    from .config import load_config
+    from .reporting import console, metrics_table
+    from .training import train
+
+    config = load_config(args.config, args.overrides)
+    result = train(config, args.run_dir, overwrite=args.overwrite, resume=args.resume, show_progress=show_progress)
+    console.print(metrics_table(result.metrics, f"{result.run_dir}: best checkpoint"))
+    console.print(f"trained {result.global_step} steps in {result.train_seconds / 60:.1f} min; "
+                  f"run folder: {result.run_dir}")
+    return 0
+
+
+def command_evaluate(args, show_progress: bool) -> int:
+    from .inference import evaluate_run
+    from .reporting import console, metrics_table, per_class_table
+
+    metrics = evaluate_run(args.run, args.data, args.output_dir, show_progress)
+    console.print(per_class_table(metrics, f"{args.data}: per class"))
+    console.print(metrics_table({Path(args.run).name: metrics}, f"{args.data} ({metrics['n']} passages)"))
+    console.print(f"results written to {metrics['output_dir']}")
+    return 0
+
+
+def command_predict(args, show_progress: bool) -> int:
+    from .errors import FrameSFTError
+    from .inference import load_classifier, predict_file, predict_texts
+
+    if args.text:
+        frame = predict_texts(load_classifier(args.run), args.text)
+        print(frame.drop(columns=["text"]).to_csv(index=False), end="")
+        return 0
+    if not args.output:
+        raise FrameSFTError("predict --input needs --output FILE (.csv or .parquet)")
+    n = predict_file(args.run, args.input, args.output, args.text_column, args.id_column, show_progress)
+    print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
+    return 0
+
+
+def command_data_check(args) -> int:
+    from .config import load_config
+    from .data import check_frame, check_lengths, check_overlap, read_table
+    from .reporting import console, write_json  # noqa: F401
+
+    config = load_config(args.config, args.overrides)
+    text_column = args.text_column or config.data.text_column
+    label_column = args.label_column or config.data.label_column
+    labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
+    if labels is None and config.data.label2id:
+        labels = [k for k, _ in sorted(config.data.label2id.items(), key=lambda kv: kv[1])]
+    builder = None
+    if args.config:
+        from .modeling import load_tokenizer, resolve_model_path
+        from .prompting import PromptBuilder
+
+        tokenizer = load_tokenizer(resolve_model_path(config.model.base_model), config.model.trust_remote_code)
+        frames_labels = labels or sorted(set(read_table(args.files[0], [label_column])[label_column].str.strip()))
+        builder = PromptBuilder(tokenizer, frames_labels, config.prompt, config.data.max_length)
+
+    failed = False
+    train = None
+    for path in args.files:
+        frame = read_table(path, [text_column, label_column])
+        report = check_frame(frame, path, text_column, label_column, labels)
+        if labels is None:
+            labels = sorted(report.label_counts)
+        if train is None:
+            train = frame
+        else:
+            check_overlap(train, frame, path, text_column, report)
+        if builder is not None:
+            check_lengths(frame[text_column], builder.count_tokens, builder.max_text_tokens, path, report)
+        print_report(report)
+        failed = failed or bool(report.errors)
+    return 1 if failed else 0
+
+
+def print_report(report) -> None:
+    from rich.table import Table
+
+    from .reporting import console
+
+    table = Table(title=f"{report.path}: {report.rows} rows")
+    table.add_column("label")
+    table.add_column("rows", justify="right")
+    for label, count in report.label_counts.items():
+        table.add_row(label, str(count))
+    console.print(table)
+    for finding in report.findings:
+        style = "red" if finding.level == "error" else "yellow"
+        console.print(f"[{style}]{finding.level}[/{style}]: {finding.message}")
+    if not report.findings:
+        console.print("[green]no problems found[/green]")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

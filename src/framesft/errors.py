@@ -1,0 +1,23 @@
+"""User-facing errors.
+
+Anything a user can fix (a bad file, a bad config key, a wrong path) is raised as a `FrameSFTError`.
+The CLI prints its message without a traceback and exits with status 2; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+
+class FrameSFTError(Exception):
+    """An error caused by the user's input, with a message that says what, where and how to fix it."""
+
+
+class ConfigError(FrameSFTError):
+    """The YAML config or a `--set` override is invalid."""
+
+
+class DataError(FrameSFTError):
+    """A data file cannot be read or fails validation."""
+
+
+class RunFolderError(FrameSFTError):
+    """A run folder is missing, incomplete, or would be overwritten."""

@@ -1,0 +1,192 @@
+"""Label scoring: the log-likelihood of each allowed label after the prompt.
+
+Every prediction is a valid label (we pick among label scores, we never parse free text) and comes with a
+probability per label (the softmax over label scores).
+
+Cost is about one forward pass over the prompt:
+1. the prompts of a batch run once, with the output projection computed at the last position only
+   (`logits_to_keep=1`); this gives each label's first-token log-probability;
+2. the key/value cache of that pass is repeated once per label and the remaining label tokens (all but the
+   final end-of-answer token, which is only predicted) run as a short continuation of 1-4 tokens.
+`naive_label_scores` (one full sequence per label) is the reference the tests compare against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .prompting import PromptBuilder
+
+
+@dataclass
+class LabelScores:
+    labels: list[str]
+    scores: np.ndarray  # (n_texts, n_labels) summed (or length-normalised) log-likelihoods
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        shifted = self.scores - self.scores.max(axis=1, keepdims=True)
+        exp = np.exp(shifted)
+        return exp / exp.sum(axis=1, keepdims=True)
+
+    @property
+    def predicted_index(self) -> np.ndarray:
+        return self.scores.argmax(axis=1)
+
+    @property
+    def predictions(self) -> list[str]:
+        return [self.labels[i] for i in self.predicted_index]
+
+    @property
+    def margins(self) -> np.ndarray:
+        """Score of the best label minus the runner-up: small margins mark uncertain predictions."""
+        if self.scores.shape[1] < 2:
+            return np.zeros(len(self.scores))
+        top2 = np.sort(self.scores, axis=1)[:, -2:]
+        return top2[:, 1] - top2[:, 0]
+
+
+def token_budget_batches(lengths: Sequence[int], token_budget: int, max_batch_size: int) -> Iterator[list[int]]:
+    """Indices grouped into batches of similar length whose padded size stays within the token budget."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batch: list[int] = []
+    for index in order:
+        longest = lengths[batch[0]] if batch else lengths[index]
+        if batch and ((len(batch) + 1) * longest > token_budget or len(batch) >= max_batch_size):
+            yield batch
+            batch = []
+        batch.append(index)
+    if batch:
+        yield batch
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+            mask[row, width - len(seq) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that start at 0 at each row's first real token (left padding)."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+class LabelScorer:
+    def __init__(
+        self,
+        model,
+        builder: PromptBuilder,
+        token_budget: int = 4096,
+        max_batch_size: int = 64,
+        length_normalize: bool = False,
+    ):
+        self.model = model
+        self.builder = builder
+        self.labels = builder.labels
+        self.token_budget = token_budget
+        self.max_batch_size = max_batch_size
+        self.length_normalize = length_normalize
+        self.pad_id = builder.tokenizer.pad_token_id
+        self.label_ids = [builder.label_token_ids[label] for label in self.labels]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def score_texts(self, texts: Sequence[str], on_progress: Callable[[int], None] | None = None) -> LabelScores:
+        prompts = [self.builder.encode_prompt(text) for text in texts]
+        return self.score_prompts(prompts, on_progress)
+
+    def score_prompts(
+        self, prompts: Sequence[list[int]], on_progress: Callable[[int], None] | None = None
+    ) -> LabelScores:
+        scores = np.zeros((len(prompts), len(self.labels)), dtype=np.float64)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for batch in token_budget_batches([len(p) for p in prompts], self.token_budget, self.max_batch_size):
+                    scores[batch] = self._score_batch([prompts[i] for i in batch]).cpu().numpy()
+                    if on_progress:
+                        on_progress(len(batch))
+        finally:
+            self.model.train(was_training)
+        if self.length_normalize:
+            scores = scores / np.array([len(ids) for ids in self.label_ids], dtype=np.float64)
+        return LabelScores(self.labels, scores)
+
+    def _score_batch(self, prompts: list[list[int]]) -> torch.Tensor:
+        device = self.device
+        n_prompts, n_labels = len(prompts), len(self.labels)
+        ids, mask = left_pad(prompts, self.pad_id, device)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions_from_mask(mask),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        first_logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+        first_tokens = torch.tensor([seq[0] for seq in self.label_ids], device=device)
+        totals = first_logp[:, first_tokens]  # (n_prompts, n_labels)
+
+        steps = max(len(seq) for seq in self.label_ids) - 1
+        if steps == 0:
+            return totals
+        # Continuations: the label tokens after the first (inputs) predict the label tokens after the first
+        # (targets), shifted by one; right-padded per label, identical for every prompt.
+        cont_inputs = torch.full((n_labels, steps), self.pad_id, dtype=torch.long)
+        cont_targets = torch.zeros((n_labels, steps), dtype=torch.long)
+        cont_valid = torch.zeros((n_labels, steps), dtype=torch.bool)
+        for row, seq in enumerate(self.label_ids):
+            n = len(seq) - 1
+            cont_inputs[row, :n] = torch.tensor(seq[:-1])
+            cont_targets[row, :n] = torch.tensor(seq[1:])
+            cont_valid[row, :n] = True
+        cache = out.cache
+        cache.batch_repeat_interleave(n_labels)  # row p*n_labels + l: prompt p, label l
+        prompt_lengths = mask.sum(-1).repeat_interleave(n_labels)
+        attention = torch.cat([mask.repeat_interleave(n_labels, 0), cont_valid.long().to(device).repeat(n_prompts, 1)], 1)
+        positions = prompt_lengths[:, None] + torch.arange(steps, device=device)[None, :]
+        cont_out = self.model(
+            input_ids=cont_inputs.to(device).repeat(n_prompts, 1),
+            attention_mask=attention,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+        )
+        cont_logp = torch.log_softmax(cont_out.logits.float(), dim=-1)
+        picked = cont_logp.gather(-1, cont_targets.to(device).repeat(n_prompts, 1)[..., None]).squeeze(-1)
+        picked = picked * cont_valid.to(device).repeat(n_prompts, 1)
+        return totals + picked.sum(-1).view(n_prompts, n_labels)
+
+
+def naive_label_scores(model, builder: PromptBuilder, prompts: Sequence[list[int]]) -> np.ndarray:
+    """Reference scorer: one full forward pass per (prompt, label) pair, summing the label's log-probs."""
+    label_ids = [builder.label_token_ids[label] for label in builder.labels]
+    scores = np.zeros((len(prompts), len(label_ids)))
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        for i, prompt in enumerate(prompts):
+            sequences = [prompt + seq for seq in label_ids]
+            ids, mask = left_pad(sequences, builder.tokenizer.pad_token_id, device)
+            logp = torch.log_softmax(
+                model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask)).logits.float(), -1
+            )
+            width = ids.shape[1]
+            for j, seq in enumerate(label_ids):
+                positions = torch.arange(width - len(seq), width, device=device)
+                scores[i, j] = logp[j, positions - 1, torch.tensor(seq, device=device)].sum().item()
+    model.train(was_training)
+    return scores

@@ -1,0 +1,323 @@
+"""Generative SFT with LoRA on the transformers Trainer.
+
+What we add to the stock Trainer:
+- `AnswerOnlyCollator`: left-pads each batch, so every example's answer sits at the end of the row;
+- `FrameTrainer.compute_loss`: the LM head runs only at the answer positions (`logits_to_keep`), and the loss
+  covers the answer tokens and the end-of-turn token only;
+- `FrameTrainer.evaluate`: real classification metrics from label scoring on the validation set
+  (`eval_f1_macro`, ...), which drive early stopping and best-checkpoint selection.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .config import FrameSFTConfig
+from .errors import RunFolderError
+from .inference import ADAPTER_DIR, CONFIG_FILE, LABEL_MAP_FILE, Classifier, evaluate_frame
+from .metrics import classification_metrics, headline
+from .modeling import attach_lora, load_base_model, load_tokenizer, pick_device, resolve_model_path
+from .prompting import IGNORE_INDEX, PromptBuilder
+from .reporting import write_evaluation, write_json, write_text
+from .rundata import RunData, load_run_data
+from .scoring import LabelScorer, positions_from_mask
+from .tracking import finish_tracking, log_final_metrics, start_tracking
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------ batching
+
+
+class AnswerOnlyCollator:
+    """Left-pads input ids and labels; position ids restart at each row's first real token."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(e["input_ids"]) for e in examples)
+        ids = torch.full((len(examples), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(examples), width), dtype=torch.long)
+        for row, example in enumerate(examples):
+            n = len(example["input_ids"])
+            ids[row, width - n :] = torch.tensor(example["input_ids"])
+            labels[row, width - n :] = torch.tensor(example["labels"])
+            mask[row, width - n :] = 1
+        return {"input_ids": ids, "attention_mask": mask, "position_ids": positions_from_mask(mask), "labels": labels}
+
+
+def answer_only_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean cross-entropy over the answer tokens, projecting to the vocabulary only where they are.
+
+    With left padding the answers end every row; the last K+1 positions (K = longest answer in the batch)
+    hold every logit the loss needs, so the LM head never runs over the prompt.
+    """
+    labels = batch["labels"]
+    answer_width = int((labels != IGNORE_INDEX).sum(dim=1).max())
+    outputs = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=batch["position_ids"],
+        logits_to_keep=answer_width + 1,
+        use_cache=False,
+    )
+    logits = outputs.logits[:, :-1].float()  # position t predicts token t+1
+    targets = labels[:, -answer_width:]
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX)
+
+
+# ------------------------------------------------------------------------------------------ trainer
+
+
+def make_trainer_class():
+    from transformers import Trainer
+
+    class FrameTrainer(Trainer):
+        # compute_loss returns a per-micro-batch mean; the Trainer divides it by the accumulation steps.
+        loss_is_scaled_for_ga = False
+
+        def __init__(self, *args, frame_evaluator=None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.frame_evaluator = frame_evaluator
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss = answer_only_loss(model, inputs)
+            return (loss, None) if return_outputs else loss
+
+        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+            start = time.perf_counter()
+            metrics = {f"{metric_key_prefix}_{k}": v for k, v in headline(self.frame_evaluator(self.model)).items()}
+            metrics[f"{metric_key_prefix}_runtime"] = round(time.perf_counter() - start, 2)
+            self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+            return metrics
+
+    return FrameTrainer
+
+
+# ------------------------------------------------------------------------------------------ run folder
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    labels: list[str]
+    metrics: dict[str, dict] = field(default_factory=dict)  # split -> metrics
+    train_seconds: float = 0.0
+    trainable_parameters: int = 0
+    global_step: int = 0
+
+
+def prepare_run_folder(run_dir: Path, overwrite: bool, resume: bool) -> None:
+    if resume:
+        if not (run_dir / CONFIG_FILE).is_file():
+            raise RunFolderError(f"{run_dir}: nothing to resume (no {CONFIG_FILE}); start without --resume")
+        return
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise RunFolderError(
+                f"run folder {run_dir} already exists; pass --overwrite to replace it, --resume to continue it, "
+                "or choose another folder with --run-dir"
+            )
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def checkpoint_folder(config: FrameSFTConfig, run_dir: Path) -> Path:
+    return Path(config.training.checkpoint_dir) if config.training.checkpoint_dir else run_dir / "checkpoints"
+
+
+def attach_log_file(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    return handler
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+def training_arguments(config: FrameSFTConfig, checkpoint_dir: Path, report_to: list[str], run_dir: Path,
+                       device: torch.device):
+    from transformers import TrainingArguments
+
+    t = config.training
+    per_epoch = t.eval_steps is None
+    if t.save_steps and t.eval_steps and t.save_steps != t.eval_steps:
+        log.warning("training.save_steps (%s) differs from eval_steps (%s); checkpoints are saved at every "
+                    "evaluation so the best one can be kept", t.save_steps, t.eval_steps)
+    bf16 = t.bf16
+    if bf16 and device.type == "cpu" and not cpu_supports_bf16():
+        log.warning("training.bf16 is set but this CPU has no native bf16; training in fp32")
+        bf16 = False
+    return TrainingArguments(
+        output_dir=str(checkpoint_dir),
+        num_train_epochs=t.num_epochs,
+        max_steps=t.max_steps or -1,
+        per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        weight_decay=t.weight_decay,
+        warmup_steps=t.warmup_steps,
+        max_grad_norm=t.max_grad_norm,
+        lr_scheduler_type=t.lr_scheduler,
+        optim=t.optimizer,
+        logging_steps=t.logging_steps,
+        eval_strategy="epoch" if per_epoch else "steps",
+        eval_steps=None if per_epoch else t.eval_steps,
+        save_strategy="epoch" if per_epoch else "steps",
+        save_steps=None if per_epoch else t.eval_steps,
+        save_total_limit=t.save_total_limit,
+        load_best_model_at_end=True,
+        metric_for_best_model=config.evaluation.metric,
+        greater_is_better=True,
+        bf16=bf16,
+        fp16=t.fp16,
+        seed=t.seed,
+        data_seed=t.seed,
+        report_to=report_to or "none",
+        run_name=config.run_name(),
+        remove_unused_columns=False,
+        train_sampling_strategy="group_by_length",
+        dataloader_num_workers=0,
+        use_cpu=device.type == "cpu",
+        gradient_checkpointing=False,  # enabled on the model in modeling.load_base_model when configured
+    )
+
+
+def cpu_supports_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def encode_frame(builder: PromptBuilder, frame, text_column: str, label_column: str) -> list[dict]:
+    examples = []
+    for text, label in zip(frame[text_column], frame[label_column]):
+        encoded = builder.encode_example(text, label)
+        examples.append({"input_ids": encoded.input_ids, "labels": encoded.labels})
+    return examples
+
+
+def train(config: FrameSFTConfig, run_dir: str | Path | None = None, overwrite: bool = False,
+          resume: bool = False, show_progress: bool = True) -> TrainResult:
+    """Fine-tune, select the best checkpoint by validation F1 macro, evaluate, and write the run folder."""
+    from transformers import EarlyStoppingCallback, set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    run_dir = Path(run_dir or config.training.output_dir)
+    prepare_run_folder(run_dir, overwrite, resume)
+    log_handler = attach_log_file(run_dir)
+    try:
+        set_seed(config.training.seed)
+        write_text(run_dir / CONFIG_FILE, config.to_yaml())
+        if config.model.trust_remote_code:
+            log.warning("model.trust_remote_code is ON: code from the model repository will be executed")
+
+        device = pick_device()
+        model_path = resolve_model_path(config.model.base_model)
+        tokenizer = load_tokenizer(model_path, config.model.trust_remote_code)
+        data, builder = load_data_and_prompt(config, tokenizer)
+        write_json(run_dir / "data_report.json", {"validation_source": data.validation_source,
+                                                  "reports": [r.to_dict() for r in data.reports]})
+        write_json(run_dir / LABEL_MAP_FILE, {"label2id": {l: i for i, l in enumerate(data.labels)},
+                                              "id2label": {i: l for i, l in enumerate(data.labels)}})
+
+        model = load_base_model(config, model_path, device, for_training=True)
+        if not config.training.use_lora:
+            raise RunFolderError("training.use_lora: false is not supported; framesft trains LoRA adapters")
+        model = attach_lora(model, config)
+        trainable, total = model.get_nb_trainable_parameters()
+        log.info("LoRA: %s trainable of %s parameters (%.2f%%)", f"{trainable:,}", f"{total:,}",
+                 100 * trainable / total)
+
+        text_col, label_col = config.data.text_column, config.data.label_column
+        train_examples = encode_frame(builder, data.train, text_col, label_col)
+        validation_texts = data.validation[text_col].tolist()
+        validation_labels = data.validation[label_col].tolist()
+        validation_prompts = [builder.encode_prompt(text) for text in validation_texts]
+
+        def frame_evaluator(current_model) -> dict:
+            scorer = LabelScorer(current_model, builder, config.evaluation.token_budget,
+                                 config.evaluation.batch_size, config.evaluation.length_normalize)
+            scores = scorer.score_prompts(validation_prompts)
+            return classification_metrics(validation_labels, scores.predictions, data.labels)
+
+        report_to = start_tracking(config, run_dir)
+        checkpoint_dir = checkpoint_folder(config, run_dir)
+        callbacks = []
+        if config.training.early_stopping_patience:
+            callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.training.early_stopping_patience))
+        trainer = make_trainer_class()(
+            model=model,
+            args=training_arguments(config, checkpoint_dir, report_to, run_dir, device),
+            train_dataset=train_examples,
+            eval_dataset=train_examples[:1],  # unused: FrameTrainer.evaluate scores the validation set itself
+            data_collator=AnswerOnlyCollator(tokenizer.pad_token_id),
+            processing_class=tokenizer,
+            callbacks=callbacks,
+            frame_evaluator=frame_evaluator,
+        )
+        if not show_progress:
+            trainer.remove_callback(__import__("transformers").trainer_callback.ProgressCallback)
+        last_checkpoint = get_last_checkpoint(str(checkpoint_dir)) if resume and checkpoint_dir.is_dir() else None
+        if resume:
+            log.info("resuming from %s", last_checkpoint or "the start (no checkpoint saved yet)")
+        start = time.perf_counter()
+        trainer.train(resume_from_checkpoint=last_checkpoint)
+        train_seconds = time.perf_counter() - start
+
+        trainer.model.save_pretrained(run_dir / ADAPTER_DIR, safe_serialization=True)
+        tokenizer.save_pretrained(run_dir / ADAPTER_DIR)
+        trainer.state.save_to_json(str(run_dir / "trainer_state.json"))
+
+        result = TrainResult(run_dir, data.labels, train_seconds=train_seconds, trainable_parameters=trainable,
+                             global_step=trainer.state.global_step)
+        classifier = Classifier(config, data.labels, trainer.model, builder)
+        splits = {"validation": data.validation}
+        if data.test is not None:
+            splits["test"] = data.test
+        for split, frame in splits.items():
+            metrics, predictions = evaluate_frame(classifier, frame[text_col].tolist(), frame[label_col].tolist(),
+                                                  f"final {split}", show_progress)
+            write_evaluation(run_dir, split, metrics, predictions)
+            result.metrics[split] = metrics
+        write_json(run_dir / "run_summary.json", {
+            "train_seconds": round(train_seconds, 1),
+            "global_step": trainer.state.global_step,
+            "best_checkpoint": trainer.state.best_model_checkpoint,
+            "best_metric": trainer.state.best_metric,
+            "trainable_parameters": trainable,
+            "train_examples": len(train_examples),
+            "train_tokens_per_epoch": sum(len(e["input_ids"]) for e in train_examples),
+            "metrics": {split: headline(m) for split, m in result.metrics.items()},
+        })
+        log_final_metrics(result.metrics)
+        return result
+    finally:
+        finish_tracking()
+        logging.getLogger().removeHandler(log_handler)
+        log_handler.close()
+
+
+def load_data_and_prompt(config: FrameSFTConfig, tokenizer) -> tuple[RunData, PromptBuilder]:
+    """Labels come from the data unless the config fixes them, and the prompt needs the labels."""
+    from .rundata import configured_labels
+
+    labels = configured_labels(config)
+    if labels is None:
+        labels = load_run_data(config).labels  # first pass only to learn the label set
+    builder = PromptBuilder(tokenizer, labels, config.prompt, config.data.max_length)
+    data = load_run_data(config, builder.count_tokens, builder.max_text_tokens)
+    return data, builder
