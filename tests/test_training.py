@@ -1,0 +1,123 @@
+"""End-to-end: train the tiny random Llama for real (a few steps), then evaluate and predict from its run folder."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from framesft.inference import load_classifier, predict_texts
+from framesft.training import AnswerOnlyCollator, answer_only_loss, train
+
+from conftest import FRAMES, SAMPLE_DATA, tiny_config
+
+pytestmark = pytest.mark.slow
+
+RUN_FILES = [
+    "config.yaml", "label_map.json", "data_report.json", "train.log", "trainer_state.json", "run_summary.json",
+    "adapter/adapter_model.safetensors", "adapter/adapter_config.json",
+    "metrics_validation.json", "metrics_test.json", "per_class_test.csv", "confusion_matrix_test.csv",
+    "confusion_matrix_test.png", "predictions_test.csv",
+]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_model_dir, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    config = tiny_config(tiny_model_dir, run_dir, num_epochs=3)
+    result = train(config, show_progress=False)
+    return result
+
+
+def test_run_folder_is_complete(trained_run):
+    missing = [name for name in RUN_FILES if not (trained_run.run_dir / name).exists()]
+    assert missing == []
+    adapter_files = {p.suffix for p in (trained_run.run_dir / "adapter").iterdir()}
+    assert adapter_files <= {".safetensors", ".json", ".jinja", ".md"}  # weights as safetensors, no pickles
+    label_map = json.loads((trained_run.run_dir / "label_map.json").read_text())
+    assert list(label_map["label2id"]) == sorted(FRAMES)  # no label2id in the config: sorted from the data
+
+
+def test_loss_falls_and_validation_metrics_are_logged(trained_run):
+    state = json.loads((trained_run.run_dir / "trainer_state.json").read_text())
+    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    assert len(losses) >= 3
+    assert losses[-1] < 0.7 * losses[0]
+    evaluations = [entry for entry in state["log_history"] if "eval_f1_macro" in entry]
+    assert len(evaluations) == 3  # once per epoch
+    assert state["best_metric"] == max(e["eval_f1_macro"] for e in evaluations)
+
+
+def test_test_metrics_are_real_and_predictions_are_valid_labels(trained_run):
+    metrics = json.loads((trained_run.run_dir / "metrics_test.json").read_text())
+    assert metrics["n"] == 24 and sum(map(sum, metrics["confusion_matrix"])) == 24
+    predictions = pd.read_csv(trained_run.run_dir / "predictions_test.csv", keep_default_na=False)
+    assert set(predictions["predicted"]) <= set(FRAMES)
+    probabilities = predictions[[f"p_{label}" for label in metrics["labels"]]].sum(axis=1)
+    assert probabilities.round(6).eq(1.0).all()
+    accuracy = (predictions["predicted"] == predictions["label"]).mean()
+    assert accuracy == pytest.approx(metrics["accuracy"])
+
+
+def test_answer_only_loss_equals_the_full_sequence_loss(tiny_model_dir, tokenizer):
+    """Projecting only the answer positions must give the same loss as the model's own full-logits loss."""
+    from transformers import AutoModelForCausalLM
+
+    from framesft.config import PromptSection
+    from framesft.prompting import PromptBuilder
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    builder = PromptBuilder(tokenizer, FRAMES, PromptSection(), max_length=256)
+    examples = [builder.encode_example(text, label) for text, label in
+                [("Tariffs cost jobs.", "Economic"), ("A much longer passage about the moral duty " * 3, "Moral Value"),
+                 ("Order.", "None")]]
+    batch = AnswerOnlyCollator(tokenizer.pad_token_id)([e.__dict__ for e in examples])
+    ours = answer_only_loss(model, batch)
+    reference = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                      position_ids=batch["position_ids"], labels=batch["labels"]).loss
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_cli_evaluate_and_predict_on_the_trained_run(trained_run, tmp_path):
+    run = str(trained_run.run_dir)
+    done = subprocess.run([sys.executable, "-m", "framesft.cli", "--quiet", "evaluate", run,
+                           "--data", str(SAMPLE_DATA / "test.csv"), "--output-dir", str(tmp_path / "eval")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    for name in ("metrics_eval.json", "per_class_eval.csv", "confusion_matrix_eval.png", "predictions_eval.csv"):
+        assert (tmp_path / "eval" / name).is_file()
+    same = json.loads((tmp_path / "eval" / "metrics_eval.json").read_text())
+    assert same["f1_macro"] == pytest.approx(trained_run.metrics["test"]["f1_macro"], abs=1e-9)
+
+    corpus = tmp_path / "corpus.csv"
+    pd.DataFrame({"doc": ["d1", "d2", "d3"], "chunk_text": ["Tariffs cost jobs.", "Order, order.", "None"]}).to_csv(
+        corpus, index=False)
+    done = subprocess.run([sys.executable, "-m", "framesft.cli", "--quiet", "predict", run, "--input", str(corpus),
+                           "--output", str(tmp_path / "out.parquet"), "--id-column", "doc"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    out = pd.read_parquet(tmp_path / "out.parquet")
+    assert out["doc"].tolist() == ["d1", "d2", "d3"]
+    assert set(out["predicted"]) <= set(FRAMES)
+    assert {"margin", *(f"p_{label}" for label in FRAMES)} <= set(out.columns)
+
+    done = subprocess.run([sys.executable, "-m", "framesft.cli", "predict", run, "--text", "The pound has fallen."],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0].startswith("predicted,p_")
+    assert done.stdout.splitlines()[1].split(",")[0] in FRAMES
+
+
+def test_existing_run_folder_is_refused_without_overwrite(trained_run, tiny_model_dir):
+    from framesft.errors import RunFolderError
+
+    with pytest.raises(RunFolderError, match="already exists; pass --overwrite"):
+        train(tiny_config(tiny_model_dir, trained_run.run_dir), show_progress=False)
+
+
+def test_in_memory_classifier_matches_reloaded_run(trained_run):
+    classifier = load_classifier(trained_run.run_dir)
+    frame = predict_texts(classifier, ["The pound has fallen sharply.", "Order, order."])
+    assert set(frame["predicted"]) <= set(FRAMES)
