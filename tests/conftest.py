@@ -83,3 +83,12 @@ def tiny_config(tiny_model_dir: str, run_dir: Path, **training) -> FrameSFTConfi
         "tracking.report_to=none",
     ] + [f"training.{k}={v}" for k, v in training.items()]
     return load_config(None, overrides)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_model_dir, tmp_path_factory):
+    """A real (few-step) training run of the tiny model; its run folder is shared by several test modules."""
+    from framesft.training import train
+
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    return train(tiny_config(tiny_model_dir, run_dir, num_epochs=3), show_progress=False)

@@ -23,14 +23,6 @@ RUN_FILES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def trained_run(tiny_model_dir, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
-    config = tiny_config(tiny_model_dir, run_dir, num_epochs=3)
-    result = train(config, show_progress=False)
-    return result
-
-
 def test_run_folder_is_complete(trained_run):
     missing = [name for name in RUN_FILES if not (trained_run.run_dir / name).exists()]
     assert missing == []

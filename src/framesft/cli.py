@@ -50,10 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder written by `framesft train`")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--text", action="append", help="a passage to classify (repeatable)")
-    source.add_argument("--input", help="CSV/JSONL/Parquet file with a text column")
+    source.add_argument("--input", help="CSV/TSV/JSONL/Parquet file or DuckDB database with a text column")
     p.add_argument("--output", help="output file (.csv or .parquet); required with --input")
     p.add_argument("--text-column", help="text column of --input (default: the run's data.text_column)")
     p.add_argument("--id-column", help="column to copy into the output as the row id (default: row number)")
+    p.add_argument("--query", help="DuckDB input: a table name or SELECT statement")
+    p.add_argument("--chunk-rows", type=int, default=1000,
+                   help="rows per chunk; each finished chunk is saved, so a rerun resumes after it (default 1000)")
+
+    p = commands.add_parser("export", help="write the base model with the adapter merged (plain transformers)")
+    p.add_argument("run", help="run folder written by `framesft train`")
+    p.add_argument("--output", required=True, help="new folder for the merged model")
 
     p = commands.add_parser("data", help="inspect data files")
     data_commands = p.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
@@ -123,6 +130,11 @@ def dispatch(args: argparse.Namespace) -> int:
         return command_evaluate(args, show_progress)
     if args.command == "predict":
         return command_predict(args, show_progress)
+    if args.command == "export":
+        from .inference import export_merged
+
+        print(f"merged model written to {export_merged(args.run, args.output)}", file=sys.stderr)
+        return 0
     if args.command == "data":
         return command_data_check(args)
     if args.command == "demo":
@@ -164,7 +176,7 @@ def command_evaluate(args, show_progress: bool) -> int:
 
 def command_predict(args, show_progress: bool) -> int:
     from .errors import FrameSFTError
-    from .inference import load_classifier, predict_file, predict_texts
+    from .inference import load_classifier, predict_corpus, predict_texts
 
     if args.text:
         frame = predict_texts(load_classifier(args.run), args.text)
@@ -172,8 +184,10 @@ def command_predict(args, show_progress: bool) -> int:
         return 0
     if not args.output:
         raise FrameSFTError("predict --input needs --output FILE (.csv or .parquet)")
-    n = predict_file(args.run, args.input, args.output, args.text_column, args.id_column, show_progress)
-    print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
+    n = predict_corpus(args.run, args.input, args.output, args.text_column, args.id_column, args.query,
+                       args.chunk_rows, show_progress)
+    if n is not None:
+        print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
     return 0
 
 
@@ -220,7 +234,8 @@ def print_report(report) -> None:
 
     from .reporting import console
 
-    table = Table(title=f"{report.path}: {report.rows} rows")
+    console.print(f"[bold]{report.path}[/bold]: {report.rows} rows")
+    table = Table()
     table.add_column("label")
     table.add_column("rows", justify="right")
     for label, count in report.label_counts.items():

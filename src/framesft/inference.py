@@ -119,15 +119,82 @@ def predict_texts(classifier: Classifier, texts: Sequence[str], show_progress: b
     return predictions_frame(texts, scores)
 
 
-def predict_file(run_dir: str | Path, input_path: str | Path, output_path: str | Path,
-                 text_column: str | None = None, id_column: str | None = None, show_progress: bool = True) -> int:
-    """Label every row of a file; the output (CSV or Parquet) has id, predicted label, probabilities, margin."""
+def predict_corpus(run_dir: str | Path, input_path: str | Path, output_path: str | Path,
+                   text_column: str | None = None, id_column: str | None = None, query: str | None = None,
+                   chunk_rows: int = 1000, show_progress: bool = True) -> int | None:
+    """Label every row of a corpus, streaming and resumable (see framesft.corpus); returns the row count.
+
+    Under `accelerate launch`/`torchrun` every process scores its share of the chunks and the main process
+    merges; the other processes return None.
+    """
+    from accelerate import PartialState
+
+    from .corpus import CorpusSource, count_rows, iter_chunks, merge_parts, part_path, prepare_parts, write_part
+
+    output = Path(output_path)
+    if output.suffix.lower() not in {".csv", ".parquet"}:
+        raise DataError(f"--output {output}: write .csv or .parquet")
+    if output.exists():
+        raise RunFolderError(f"{output} already exists; delete it or choose another --output")
+    state = PartialState()
+    classifier = load_classifier(run_dir, device=state.device)
+    source = CorpusSource(Path(input_path), text_column or classifier.config.data.text_column, id_column, query,
+                          chunk_rows)
+    parts = prepare_parts(output, source, Path(run_dir), state.is_main_process)
+    state.wait_for_everyone()
+    total = count_rows(source) if state.is_main_process else None
+    scorer = classifier.scorer()
+    n_chunks = 0
+    with progress_bar(total or 0, "predicting", unit="rows",
+                      enabled=show_progress and state.is_main_process) as advance:
+        for index, chunk in enumerate(iter_chunks(source)):
+            n_chunks += 1
+            if index % state.num_processes != state.process_index or part_path(parts, index).is_file():
+                advance(len(chunk) if state.num_processes == 1 else 0)
+                continue
+            scores = scorer.score_texts(chunk[source.text_column].tolist())
+            result = predictions_frame(chunk[source.text_column].tolist(), scores).drop(columns=["text"])
+            result.insert(0, id_column or "row", chunk[id_column].values if id_column else chunk["_row"].values)
+            write_part(parts, index, result)
+            advance(len(chunk) * state.num_processes)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return None
+    return merge_parts(parts, n_chunks, output)
+
+
+def export_merged(run_dir: str | Path, output_dir: str | Path) -> Path:
+    """Write the base model with the run's adapter merged in: a plain transformers folder (safetensors).
+
+    Besides weights and tokenizer it holds `label_map.json`, the run's `config.yaml` and `framesft_prompt.json`
+    (labels, their token ids, a rendered example prompt), so other servers can score the same way.
+    """
+    import shutil
+    import tempfile
+
+    output = Path(output_dir)
+    if output.exists() and any(output.iterdir()):
+        raise RunFolderError(f"{output} already exists and is not empty; choose another --output")
+    run_dir = Path(run_dir)
     classifier = load_classifier(run_dir)
-    text_column = text_column or classifier.config.data.text_column
-    frame = read_table(input_path, [text_column] + ([id_column] if id_column else []))
-    scores = classifier.score(frame[text_column].tolist(), "predicting", show_progress)
-    result = predictions_frame(frame[text_column].tolist(), scores).drop(columns=["text"])
-    ids = frame[id_column] if id_column else pd.Series(range(len(frame)), name="row")
-    result.insert(0, id_column or "row", ids.values)
-    write_table(output_path, result)
-    return len(result)
+    merged = classifier.model.merge_and_unload()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
+    try:
+        merged.save_pretrained(staging, safe_serialization=True)
+        classifier.builder.tokenizer.save_pretrained(staging)
+        shutil.copy(run_dir / LABEL_MAP_FILE, staging / LABEL_MAP_FILE)
+        shutil.copy(run_dir / CONFIG_FILE, staging / CONFIG_FILE)
+        (staging / "framesft_prompt.json").write_text(json.dumps({
+            "labels": classifier.labels,
+            "label_token_ids": classifier.builder.label_token_ids,
+            "answer_texts": {label: classifier.builder.answer_text(label) for label in classifier.labels},
+            "example_prompt": classifier.builder.render("<passage>"),
+        }, indent=2, ensure_ascii=False))
+        if output.exists():
+            output.rmdir()
+        staging.rename(output)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return output

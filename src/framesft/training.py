@@ -190,7 +190,6 @@ def training_arguments(config: FrameSFTConfig, checkpoint_dir: Path, report_to: 
         train_sampling_strategy="group_by_length",
         dataloader_num_workers=0,
         use_cpu=device.type == "cpu",
-        gradient_checkpointing=False,  # enabled on the model in modeling.load_base_model when configured
     )
 
 

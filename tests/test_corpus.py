@@ -1,0 +1,134 @@
+"""Corpus prediction: every input format, exactly-once output after a real SIGKILL and resume, export."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from framesft.errors import FrameSFTError
+from framesft.inference import predict_corpus
+
+from conftest import FRAMES, SAMPLE_DATA
+
+pytestmark = pytest.mark.slow
+
+
+def corpus_frame(n_rows: int) -> pd.DataFrame:
+    texts = pd.read_csv(SAMPLE_DATA / "test.csv")["chunk_text"].tolist()
+    return pd.DataFrame({"chunk_id": [f"c{i:05d}" for i in range(n_rows)],
+                         "chunk_text": [f"{texts[i % len(texts)]} ({i})" for i in range(n_rows)]})
+
+
+def cli(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "framesft.cli", "--quiet", *args], capture_output=True, text=True,
+                          timeout=600, **kwargs)
+
+
+def test_every_input_format_gives_the_same_predictions(trained_run, tmp_path):
+    import duckdb
+
+    frame = corpus_frame(45)
+    inputs = {"csv": tmp_path / "c.csv", "jsonl": tmp_path / "c.jsonl", "parquet": tmp_path / "c.parquet"}
+    frame.to_csv(inputs["csv"], index=False)
+    frame.to_json(inputs["jsonl"], orient="records", lines=True)
+    frame.to_parquet(inputs["parquet"], index=False)
+    database = tmp_path / "c.duckdb"
+    with duckdb.connect(str(database)) as connection:
+        connection.execute("CREATE TABLE chunks AS SELECT * FROM frame")
+
+    outputs = {}
+    for name, path in inputs.items():
+        out = tmp_path / f"out_{name}.parquet"
+        assert predict_corpus(trained_run.run_dir, path, out, id_column="chunk_id", chunk_rows=10,
+                              show_progress=False) == 45
+        outputs[name] = pd.read_parquet(out)
+    out = tmp_path / "out_duckdb.csv"
+    predict_corpus(trained_run.run_dir, database, out, id_column="chunk_id", chunk_rows=7,
+                   query="SELECT chunk_id, chunk_text FROM chunks ORDER BY chunk_id", show_progress=False)
+    outputs["duckdb"] = pd.read_csv(out, keep_default_na=False)
+
+    reference = outputs["csv"]
+    assert reference["chunk_id"].tolist() == frame["chunk_id"].tolist()
+    assert set(reference["predicted"]) <= set(FRAMES)
+    assert list(reference.columns) == ["chunk_id", "predicted", *(f"p_{l}" for l in sorted(FRAMES)), "margin"]
+    for name, other in outputs.items():
+        assert other["chunk_id"].tolist() == reference["chunk_id"].tolist(), name
+        assert other["predicted"].tolist() == reference["predicted"].tolist(), name
+        np.testing.assert_allclose(other["margin"], reference["margin"], atol=1e-5)
+    assert not list(tmp_path.glob("*.parts"))  # parts folders are removed after the merge
+
+
+def test_killed_prediction_resumes_to_exactly_once_output(trained_run, tmp_path):
+    corpus = tmp_path / "corpus.csv"
+    corpus_frame(1200).to_csv(corpus, index=False)
+    args = ["predict", str(trained_run.run_dir), "--input", str(corpus), "--id-column", "chunk_id",
+            "--chunk-rows", "40"]
+    reference_out = tmp_path / "reference.csv"
+    assert cli(*args, "--output", str(reference_out)).returncode == 0
+
+    out = tmp_path / "resumed.csv"
+    parts = tmp_path / "resumed.csv.parts"
+    process = subprocess.Popen([sys.executable, "-m", "framesft.cli", "--quiet", *args, "--output", str(out)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(parts.glob("part-*.parquet"))) < 3:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    finished_before_kill = len(list(parts.glob("part-*.parquet")))
+    assert 3 <= finished_before_kill < 30, "the kill must land part-way"
+    assert not out.exists()  # no output that looks complete
+
+    resumed = cli(*args, "--output", str(out))
+    assert resumed.returncode == 0, resumed.stderr
+    result = pd.read_csv(out, keep_default_na=False)
+    reference = pd.read_csv(reference_out, keep_default_na=False)
+    assert result["chunk_id"].is_unique and len(result) == 1200
+    assert result["chunk_id"].tolist() == reference["chunk_id"].tolist()
+    assert result["predicted"].tolist() == reference["predicted"].tolist()
+    np.testing.assert_allclose(result["margin"], reference["margin"], atol=1e-5)
+    assert not parts.exists()
+
+
+def test_resume_refuses_parts_from_a_different_input(trained_run, tmp_path):
+    corpus = tmp_path / "corpus.csv"
+    corpus_frame(20).to_csv(corpus, index=False)
+    parts = tmp_path / "out.csv.parts"
+    parts.mkdir()
+    (parts / "manifest.json").write_text(json.dumps({"source": {"input": "other.csv"}}))
+    with pytest.raises(FrameSFTError, match="different prediction"):
+        predict_corpus(trained_run.run_dir, corpus, tmp_path / "out.csv", show_progress=False)
+
+
+def test_missing_text_column_is_a_clear_error(trained_run, tmp_path):
+    corpus = tmp_path / "corpus.csv"
+    pd.DataFrame({"id": [1], "text": ["hello"]}).to_csv(corpus, index=False)
+    done = cli("predict", str(trained_run.run_dir), "--input", str(corpus), "--output", str(tmp_path / "o.csv"))
+    assert done.returncode == 2
+    assert "column 'chunk_text' not found" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_exported_merged_model_scores_like_the_adapter(trained_run, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from framesft.inference import load_classifier
+    from framesft.scoring import LabelScorer
+
+    done = cli("export", str(trained_run.run_dir), "--output", str(tmp_path / "merged"))
+    assert done.returncode == 0, done.stderr
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32)  # plain transformers
+    assert (tmp_path / "merged" / "model.safetensors").is_file()
+    classifier = load_classifier(trained_run.run_dir)
+    texts = corpus_frame(12)["chunk_text"].tolist()
+    adapter_scores = classifier.scorer().score_texts(texts).scores
+    merged_scores = LabelScorer(merged, classifier.builder).score_texts(texts).scores
+    np.testing.assert_allclose(merged_scores, adapter_scores, atol=1e-4)
+    assert json.loads((tmp_path / "merged" / "label_map.json").read_text())["label2id"]
