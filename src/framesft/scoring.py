@@ -6,8 +6,9 @@ probability per label (the softmax over label scores).
 Cost is about one forward pass over the prompt:
 1. the prompts of a batch run once, with the output projection computed at the last position only
    (`logits_to_keep=1`); this gives each label's first-token log-probability;
-2. the key/value cache of that pass is repeated once per label and the remaining label tokens (all but the
-   final end-of-answer token, which is only predicted) run as a short continuation of 1-4 tokens.
+2. the remaining tokens of every label (all but the final end-of-answer token, which is only predicted) run
+   as one short continuation on top of that pass's key/value cache, with a block-causal attention mask so
+   that each label's tokens see the prompt and their own label only (about 2 tokens per label).
 `naive_label_scores` (one full sequence per label) is the reference the tests compare against.
 """
 
@@ -97,6 +98,7 @@ class LabelScorer:
         self.length_normalize = length_normalize
         self.pad_id = builder.tokenizer.pad_token_id
         self.label_ids = [builder.label_token_ids[label] for label in self.labels]
+        self.continuation = self._build_continuation()
 
     @property
     def device(self) -> torch.device:
@@ -139,35 +141,47 @@ class LabelScorer:
         first_tokens = torch.tensor([seq[0] for seq in self.label_ids], device=device)
         totals = first_logp[:, first_tokens]  # (n_prompts, n_labels)
 
-        steps = max(len(seq) for seq in self.label_ids) - 1
-        if steps == 0:
+        if self.continuation is None:
             return totals
-        # Continuations: the label tokens after the first (inputs) predict the label tokens after the first
-        # (targets), shifted by one; right-padded per label, identical for every prompt.
-        cont_inputs = torch.full((n_labels, steps), self.pad_id, dtype=torch.long)
-        cont_targets = torch.zeros((n_labels, steps), dtype=torch.long)
-        cont_valid = torch.zeros((n_labels, steps), dtype=torch.bool)
-        for row, seq in enumerate(self.label_ids):
-            n = len(seq) - 1
-            cont_inputs[row, :n] = torch.tensor(seq[:-1])
-            cont_targets[row, :n] = torch.tensor(seq[1:])
-            cont_valid[row, :n] = True
-        cache = out.cache
-        cache.batch_repeat_interleave(n_labels)  # row p*n_labels + l: prompt p, label l
-        prompt_lengths = mask.sum(-1).repeat_interleave(n_labels)
-        attention = torch.cat([mask.repeat_interleave(n_labels, 0), cont_valid.long().to(device).repeat(n_prompts, 1)], 1)
-        positions = prompt_lengths[:, None] + torch.arange(steps, device=device)[None, :]
+        # All labels' remaining tokens run together as one short continuation of each prompt: block j holds
+        # label j's tokens after the first (inputs) and sees the prompt plus its own earlier tokens only.
+        inputs, targets, block_mask, offsets, owner = (t.to(device) for t in self.continuation)
+        width = inputs.shape[0]
+        prompt_lengths = mask.sum(-1)
+        mask_dtype = self.model.get_input_embeddings().weight.dtype  # the attention compute dtype (also in 4-bit)
+        attend = torch.cat([mask.bool()[:, None, :].expand(n_prompts, width, -1),
+                            block_mask[None].expand(n_prompts, -1, -1)], dim=-1)
+        attention = torch.zeros(attend.shape, dtype=mask_dtype, device=device)
+        attention.masked_fill_(~attend, torch.finfo(mask_dtype).min)  # additive mask: works for sdpa and eager
         cont_out = self.model(
-            input_ids=cont_inputs.to(device).repeat(n_prompts, 1),
-            attention_mask=attention,
-            position_ids=positions,
-            cache=cache,
+            input_ids=inputs[None].expand(n_prompts, -1),
+            attention_mask=attention[:, None],  # (batch, 1, query, prompt + continuation): used as given
+            position_ids=prompt_lengths[:, None] + offsets[None],
+            cache=out.cache,
             use_cache=True,
         )
         cont_logp = torch.log_softmax(cont_out.logits.float(), dim=-1)
-        picked = cont_logp.gather(-1, cont_targets.to(device).repeat(n_prompts, 1)[..., None]).squeeze(-1)
-        picked = picked * cont_valid.to(device).repeat(n_prompts, 1)
-        return totals + picked.sum(-1).view(n_prompts, n_labels)
+        picked = cont_logp.gather(-1, targets[None, :, None].expand(n_prompts, -1, 1)).squeeze(-1)
+        rest = torch.zeros((n_prompts, n_labels), dtype=picked.dtype, device=device)
+        rest.index_add_(1, owner, picked)
+        return totals + rest
+
+    def _build_continuation(self):
+        """Token layout shared by every batch: inputs, targets, block-causal mask, position offsets, owner label."""
+        inputs, targets, offsets, owner = [], [], [], []
+        for label_index, seq in enumerate(self.label_ids):
+            for step in range(len(seq) - 1):
+                inputs.append(seq[step])
+                targets.append(seq[step + 1])
+                offsets.append(step)
+                owner.append(label_index)
+        if not inputs:
+            return None
+        owner_t = torch.tensor(owner)
+        offsets_t = torch.tensor(offsets)
+        same_block = owner_t[:, None] == owner_t[None, :]
+        causal = offsets_t[None, :] <= offsets_t[:, None]
+        return (torch.tensor(inputs), torch.tensor(targets), same_block & causal, offsets_t, owner_t)
 
 
 def naive_label_scores(model, builder: PromptBuilder, prompts: Sequence[list[int]]) -> np.ndarray:
