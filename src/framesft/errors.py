@@ -10,6 +10,8 @@ from __future__ import annotations
 class FrameSFTError(Exception):
     """An error caused by the user's input, with a message that says what, where and how to fix it."""
 
+    exit_code = 2
+
 
 class ConfigError(FrameSFTError):
     """The YAML config or a `--set` override is invalid."""
@@ -21,3 +23,9 @@ class DataError(FrameSFTError):
 
 class RunFolderError(FrameSFTError):
     """A run folder is missing, incomplete, or would be overwritten."""
+
+
+class TrainingInterrupted(FrameSFTError):
+    """SIGINT/SIGTERM stopped training after a checkpoint was saved."""
+
+    exit_code = 130

@@ -10,8 +10,11 @@ What we add to the stock Trainer:
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import FrameSFTConfig
-from .errors import RunFolderError
+from .errors import FrameSFTError, RunFolderError, TrainingInterrupted
 from .inference import ADAPTER_DIR, CONFIG_FILE, LABEL_MAP_FILE, Classifier, evaluate_frame
 from .metrics import classification_metrics, headline
 from .modeling import attach_lora, load_base_model, load_tokenizer, pick_device, resolve_model_path
@@ -102,6 +105,73 @@ def make_trainer_class():
             return metrics
 
     return FrameTrainer
+
+
+# ------------------------------------------------------------------------------------------ interruption
+
+
+def make_graceful_stop():
+    """A callback that turns SIGINT/SIGTERM into "save a checkpoint after this step, then stop".
+
+    A second signal stops at once (the last saved checkpoint is still there to resume from).
+    """
+    from transformers import TrainerCallback
+
+    class GracefulStop(TrainerCallback):
+        def __init__(self):
+            self.received: str | None = None
+            self.previous = {}
+
+        def install(self) -> None:
+            if threading.current_thread() is not threading.main_thread():
+                return  # signal handlers can only be set from the main thread
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.previous[signum] = signal.signal(signum, self._handle)
+
+        def restore(self) -> None:
+            for signum, handler in self.previous.items():
+                signal.signal(signum, handler)
+            self.previous = {}
+
+        def _handle(self, signum, frame):
+            if self.received:
+                self.restore()
+                raise KeyboardInterrupt
+            self.received = signal.Signals(signum).name
+            log.warning("%s received: saving a checkpoint after this step, then stopping "
+                        "(send it again to stop at once)", self.received)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.received:
+                control.should_save = True
+                control.should_training_stop = True
+            return control
+
+    return GracefulStop()
+
+
+def validate_checkpoint(checkpoint: str) -> None:
+    """Fail early, with a way out, if the checkpoint to resume from is damaged."""
+    from safetensors import safe_open
+
+    folder = Path(checkpoint)
+    problems = []
+    try:
+        json.loads((folder / "trainer_state.json").read_text())
+    except (OSError, ValueError) as exc:
+        problems.append(f"trainer_state.json unreadable ({exc})")
+    try:
+        with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as handle:
+            list(handle.keys())
+    except Exception as exc:  # noqa: BLE001 - any failure here means the file is unusable
+        problems.append(f"adapter_model.safetensors unreadable ({exc})")
+    if not (folder / "optimizer.pt").is_file():
+        problems.append("optimizer.pt missing")
+    if problems:
+        raise RunFolderError(
+            f"cannot resume from {folder}: {'; '.join(problems)}. Delete that checkpoint folder to resume from the "
+            "one before it, or start again with --overwrite"
+        )
 
 
 # ------------------------------------------------------------------------------------------ run folder
@@ -218,8 +288,11 @@ def train(config: FrameSFTConfig, run_dir: str | Path | None = None, overwrite: 
     run_dir = Path(run_dir or config.training.output_dir)
     prepare_run_folder(run_dir, overwrite, resume)
     log_handler = attach_log_file(run_dir)
+    checkpoint_dir = checkpoint_folder(config, run_dir)
     try:
         set_seed(config.training.seed)
+        if resume:
+            warn_if_config_changed(run_dir, config)
         write_text(run_dir / CONFIG_FILE, config.to_yaml())
         if config.model.trust_remote_code:
             log.warning("model.trust_remote_code is ON: code from the model repository will be executed")
@@ -254,10 +327,11 @@ def train(config: FrameSFTConfig, run_dir: str | Path | None = None, overwrite: 
             return classification_metrics(validation_labels, scores.predictions, data.labels)
 
         report_to = start_tracking(config, run_dir)
-        checkpoint_dir = checkpoint_folder(config, run_dir)
         callbacks = []
         if config.training.early_stopping_patience:
             callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.training.early_stopping_patience))
+        graceful_stop = make_graceful_stop()
+        callbacks.append(graceful_stop)
         trainer = make_trainer_class()(
             model=model,
             args=training_arguments(config, checkpoint_dir, report_to, run_dir, device),
@@ -273,9 +347,20 @@ def train(config: FrameSFTConfig, run_dir: str | Path | None = None, overwrite: 
         last_checkpoint = get_last_checkpoint(str(checkpoint_dir)) if resume and checkpoint_dir.is_dir() else None
         if resume:
             log.info("resuming from %s", last_checkpoint or "the start (no checkpoint saved yet)")
+            if last_checkpoint:
+                validate_checkpoint(last_checkpoint)
         start = time.perf_counter()
-        trainer.train(resume_from_checkpoint=last_checkpoint)
+        graceful_stop.install()
+        try:
+            trainer.train(resume_from_checkpoint=last_checkpoint)
+        finally:
+            graceful_stop.restore()
         train_seconds = time.perf_counter() - start
+        if graceful_stop.received:
+            raise TrainingInterrupted(
+                f"training stopped by {graceful_stop.received} at step {trainer.state.global_step}; a checkpoint "
+                f"was saved in {checkpoint_dir}. Continue with: framesft train CONFIG --run-dir {run_dir} --resume"
+            )
 
         trainer.model.save_pretrained(run_dir / ADAPTER_DIR, safe_serialization=True)
         tokenizer.save_pretrained(run_dir / ADAPTER_DIR)
@@ -304,10 +389,25 @@ def train(config: FrameSFTConfig, run_dir: str | Path | None = None, overwrite: 
         })
         log_final_metrics(result.metrics)
         return result
+    except FrameSFTError:
+        if not resume and not checkpoint_dir.exists():
+            # Failed before any training happened (bad data, config or model): leave nothing behind that
+            # could pass for a run, and nothing that would need --overwrite next time.
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     finally:
         finish_tracking()
         logging.getLogger().removeHandler(log_handler)
         log_handler.close()
+
+
+def warn_if_config_changed(run_dir: Path, config: FrameSFTConfig) -> None:
+    from .config import load_config
+
+    saved = load_config(run_dir / CONFIG_FILE)
+    if saved != config:
+        log.warning("the config differs from the one this run started with (%s); resuming with the new one",
+                    run_dir / CONFIG_FILE)
 
 
 def load_data_and_prompt(config: FrameSFTConfig, tokenizer) -> tuple[RunData, PromptBuilder]:

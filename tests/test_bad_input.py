@@ -1,0 +1,146 @@
+"""A catalogue of bad inputs: each gives a clear message (what, where, how to fix), exit status 2, no traceback,
+and leaves no output behind that could pass for a result."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from framesft.cli import main
+
+from conftest import FRAMES, SAMPLE_DATA
+
+pytestmark = pytest.mark.slow
+
+GOOD_TRAIN = pd.read_csv(SAMPLE_DATA / "train.csv", keep_default_na=False)
+
+
+def base_config(tiny_model_dir, data_dir, run_dir, **sections):
+    config = {
+        "model": {"base_model": tiny_model_dir, "name": "tiny"},
+        "data": {"data_dir": str(data_dir), "train_csv": "train.csv", "max_length": 256,
+                 "validation_fraction": 0.2},
+        "training": {"num_epochs": 1, "batch_size": 8, "gradient_accumulation_steps": 1, "warmup_steps": 0,
+                     "output_dir": str(run_dir), "max_steps": 1},
+        "tracking": {"report_to": ["none"]},
+    }
+    for section, values in sections.items():
+        config.setdefault(section, {}).update(values)
+    return config
+
+
+def write_bytes(folder: Path, name: str, content: bytes) -> None:
+    (folder / name).write_bytes(content)
+
+
+def csv_bytes(frame: pd.DataFrame) -> bytes:
+    return frame.to_csv(index=False).encode("utf-8")
+
+
+def with_rows(rows):
+    return pd.concat([GOOD_TRAIN, pd.DataFrame(rows, columns=["chunk_text", "frame_name"])], ignore_index=True)
+
+
+# (case id, how to break the set-up, expected fragments of the message)
+CASES = [
+    ("missing file", lambda d, c: (d / "train.csv").unlink(), ["train.csv: file not found"]),
+    ("empty file", lambda d, c: write_bytes(d, "train.csv", b""), ["the file is empty"]),
+    ("header only", lambda d, c: write_bytes(d, "train.csv", b"chunk_text,frame_name\n"),
+     ["header but no rows"]),
+    ("missing text column", lambda d, c: write_bytes(d, "train.csv", csv_bytes(
+        GOOD_TRAIN.rename(columns={"chunk_text": "chunk_txt"}))), ["column 'chunk_text' not found",
+                                                                   "did you mean 'chunk_txt'"]),
+    ("missing label column", lambda d, c: write_bytes(d, "train.csv", csv_bytes(
+        GOOD_TRAIN.rename(columns={"frame_name": "frame"}))), ["column 'frame_name' not found",
+                                                              "did you mean 'frame'"]),
+    ("non-UTF-8 bytes", lambda d, c: write_bytes(d, "train.csv", csv_bytes(GOOD_TRAIN) +
+                                                 "caf\xe9,Economic\n".encode("latin-1")),
+     ["line 62 is not UTF-8", "re-save the file as UTF-8"]),
+    ("whitespace text", lambda d, c: write_bytes(d, "train.csv", csv_bytes(with_rows([("   ", "Economic")]))),
+     ["empty or whitespace-only texts", "row 62"]),
+    ("label outside the set", lambda d, c: (write_bytes(d, "train.csv", csv_bytes(with_rows([("x y z", "Brexit")]))),
+                                            c["data"].update(label2id={l: i for i, l in enumerate(FRAMES)})),
+     ["label 'Brexit' is not in the label set", "row 62", "data.label2id"]),
+    ("single class", lambda d, c: write_bytes(d, "train.csv", csv_bytes(
+        GOOD_TRAIN[GOOD_TRAIN.frame_name == "Economic"])), ["only one class"]),
+    ("validation split too small", lambda d, c: write_bytes(d, "train.csv", csv_bytes(with_rows([("rare", "Rare")]))),
+     ["['Rare'] have fewer than 2 rows", "data.validation_csv"]),
+    ("max length below prompt", lambda d, c: c["data"].update(max_length=60),
+     ["data.max_length is 60 but the prompt without the passage"]),
+    ("unknown config key", lambda d, c: c["training"].update(learnin_rate=1e-4),
+     ["training.learnin_rate: unknown key; did you mean 'learning_rate'"]),
+    ("negative learning rate", lambda d, c: c["training"].update(learning_rate=-1e-4),
+     ["training.learning_rate: Input should be greater than 0"]),
+    ("LoRA target not in model", lambda d, c: c["training"].update(lora_target_modules=["q_proj", "query_key_value"]),
+     ["training.lora_target_modules: ['query_key_value'] not found in the model", "q_proj"]),
+    ("model path missing", lambda d, c: c["model"].update(base_model="./models/does-not-exist"),
+     ["'./models/does-not-exist' is not a model folder"]),
+    ("label2id and num_labels disagree", lambda d, c: c["data"].update(label2id={l: i for i, l in enumerate(FRAMES)},
+                                                                      num_labels=5), ["num_labels is 5"]),
+    ("unknown embedded model", lambda d, c: c["model"].update(base_model="embedded:gpt-9"),
+     ["unknown embedded model 'embedded:gpt-9'"]),
+]
+
+
+@pytest.mark.parametrize("case, breaks, fragments", CASES, ids=[c[0] for c in CASES])
+def test_bad_training_input(case, breaks, fragments, tiny_model_dir, tmp_path, capsys):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    GOOD_TRAIN.to_csv(data_dir / "train.csv", index=False)
+    run_dir = tmp_path / "run"
+    config = base_config(tiny_model_dir, data_dir, run_dir)
+    breaks(data_dir, config)
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+
+    status = main(["--quiet", "train", str(config_path)])
+    stderr = capsys.readouterr().err
+    assert status == 2, stderr
+    assert "Traceback" not in stderr
+    for fragment in fragments:
+        assert fragment in stderr
+    assert not run_dir.exists(), "a failed run must not leave a run folder behind"
+
+
+def test_cli_usage_errors(tmp_path, capsys):
+    assert main(["config", "--set", "learning_rate=3e-5"]) == 2
+    assert "write it as section.key=value" in capsys.readouterr().err
+    assert main(["config", str(tmp_path / "missing.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+
+
+def test_run_folder_exists_resume_nothing_and_corrupted_checkpoint(trained_run, tiny_model_dir, tmp_path, capsys):
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text((trained_run.run_dir / "config.yaml").read_text())
+    assert main(["--quiet", "train", str(config_path), "--run-dir", str(trained_run.run_dir)]) == 2
+    assert "already exists; pass --overwrite to replace it, --resume to continue it" in capsys.readouterr().err
+
+    assert main(["--quiet", "train", str(config_path), "--run-dir", str(tmp_path / "new"), "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+    import shutil
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(trained_run.run_dir, damaged)
+    last = sorted((damaged / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[-1]
+    (last / "adapter_model.safetensors").write_bytes(b"\x00garbage")
+    assert main(["--quiet", "train", str(config_path), "--run-dir", str(damaged), "--resume"]) == 2
+    message = capsys.readouterr().err
+    assert f"cannot resume from {last}" in message and "adapter_model.safetensors unreadable" in message
+    assert "Delete that checkpoint folder" in message
+
+
+def test_none_na_null_labels_train_as_labels(tiny_model_dir, tmp_path, capsys):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    mapping = {"Conflict": "NA", "Economic": "null", "None": "None"}
+    frame = GOOD_TRAIN[GOOD_TRAIN.frame_name.isin(mapping)].assign(frame_name=lambda f: f.frame_name.map(mapping))
+    frame.to_csv(data_dir / "train.csv", index=False)
+    config = base_config(tiny_model_dir, data_dir, tmp_path / "run")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["--quiet", "train", str(path)]) == 0, capsys.readouterr().err
+    import json
+
+    assert sorted(json.loads((tmp_path / "run" / "label_map.json").read_text())["label2id"]) == ["NA", "None", "null"]
