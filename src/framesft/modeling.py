@@ -139,14 +139,32 @@ def attach_lora(model, config: FrameSFTConfig):
     return get_peft_model(model, lora)
 
 
+PICKLE_OVERRIDE = "FRAMESFT_TRUST_PICKLE"
+
+
+def refuse_pickled_weights(folder: Path) -> None:
+    """Weights must be safetensors: a pickle file (.bin/.pt/.pkl weights) can run code when it is loaded."""
+    import os
+
+    if (folder / "adapter_model.safetensors").is_file():
+        return
+    pickled = [p.name for p in folder.glob("*") if p.name in {"adapter_model.bin", "pytorch_model.bin"}
+               or p.suffix in {".pkl", ".pickle"}]
+    if pickled and os.environ.get(PICKLE_OVERRIDE) == "1":
+        log.warning("loading pickle-based weights %s because %s=1", pickled, PICKLE_OVERRIDE)
+        return
+    raise ConfigError(
+        f"{folder}: no adapter_model.safetensors"
+        + (f"; found pickle-based weights {pickled}, which framesft refuses to load because unpickling can run "
+           f"arbitrary code. Convert them to safetensors, or, only for files you trust, set {PICKLE_OVERRIDE}=1"
+           if pickled else "")
+    )
+
+
 def load_adapter(base_model, adapter_dir: Path, trainable: bool = False):
-    """Attach a saved LoRA adapter (safetensors only) to a base model."""
+    """Attach a saved LoRA adapter (safetensors only, see refuse_pickled_weights) to a base model."""
     from peft import PeftModel
 
-    weights = adapter_dir / "adapter_model.safetensors"
-    if not weights.is_file():
-        raise ConfigError(
-            f"{adapter_dir}: no adapter_model.safetensors; framesft loads adapters only as safetensors "
-            "(pickle files can run code when loaded)"
-        )
-    return PeftModel.from_pretrained(base_model, str(adapter_dir), is_trainable=trainable)
+    refuse_pickled_weights(adapter_dir)
+    return PeftModel.from_pretrained(base_model, str(adapter_dir), is_trainable=trainable,
+                                     use_safetensors=(adapter_dir / "adapter_model.safetensors").is_file())

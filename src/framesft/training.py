@@ -154,7 +154,10 @@ def validate_checkpoint(checkpoint: str) -> None:
     """Fail early, with a way out, if the checkpoint to resume from is damaged."""
     from safetensors import safe_open
 
+    from .modeling import refuse_pickled_weights
+
     folder = Path(checkpoint)
+    refuse_pickled_weights(folder)
     problems = []
     try:
         json.loads((folder / "trainer_state.json").read_text())
