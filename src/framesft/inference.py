@@ -14,7 +14,8 @@ from .config import FrameSFTConfig, load_config
 from .data import read_table
 from .errors import DataError, RunFolderError
 from .metrics import classification_metrics
-from .modeling import load_adapter, load_base_model, load_tokenizer, pick_device, resolve_model_path
+from .modeling import (load_adapter, load_base_model, load_tokenizer, pick_device, process_state,
+                       resolve_model_path)
 from .progress import progress_bar
 from .prompting import PromptBuilder
 from .reporting import predictions_frame, write_evaluation, write_table
@@ -127,8 +128,6 @@ def predict_corpus(run_dir: str | Path, input_path: str | Path, output_path: str
     Under `accelerate launch`/`torchrun` every process scores its share of the chunks and the main process
     merges; the other processes return None.
     """
-    from accelerate import PartialState
-
     from .corpus import CorpusSource, count_rows, iter_chunks, merge_parts, part_path, prepare_parts, write_part
 
     output = Path(output_path)
@@ -136,7 +135,7 @@ def predict_corpus(run_dir: str | Path, input_path: str | Path, output_path: str
         raise DataError(f"--output {output}: write .csv or .parquet")
     if output.exists():
         raise RunFolderError(f"{output} already exists; delete it or choose another --output")
-    state = PartialState()
+    state = process_state()
     classifier = load_classifier(run_dir, device=state.device)
     source = CorpusSource(Path(input_path), text_column or classifier.config.data.text_column, id_column, query,
                           chunk_rows)

@@ -35,6 +35,13 @@ def resolve_model_path(base_model: str) -> str:
     return base_model
 
 
+def process_state():
+    """accelerate's view of this process (rank, world size, device); CPU processes use gloo under torchrun."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

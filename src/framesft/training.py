@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -26,7 +27,7 @@ from .config import FrameSFTConfig
 from .errors import FrameSFTError, RunFolderError, TrainingInterrupted
 from .inference import ADAPTER_DIR, CONFIG_FILE, LABEL_MAP_FILE, Classifier, evaluate_frame
 from .metrics import classification_metrics, headline
-from .modeling import attach_lora, load_base_model, load_tokenizer, pick_device, resolve_model_path
+from .modeling import attach_lora, load_base_model, load_tokenizer, resolve_model_path
 from .prompting import IGNORE_INDEX, PromptBuilder
 from .reporting import write_evaluation, write_json, write_text
 from .rundata import RunData, load_run_data
@@ -98,7 +99,9 @@ def make_trainer_class():
 
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
             start = time.perf_counter()
-            metrics = {f"{metric_key_prefix}_{k}": v for k, v in headline(self.frame_evaluator(self.model)).items()}
+            frame_metrics = self.frame_evaluator(self.model)
+            metrics = {f"{metric_key_prefix}_{k}": v for k, v in headline(frame_metrics).items()}
+            metrics[f"{metric_key_prefix}_samples"] = frame_metrics["n"]
             metrics[f"{metric_key_prefix}_runtime"] = round(time.perf_counter() - start, 2)
             self.log(metrics)
             self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
@@ -284,124 +287,177 @@ def encode_frame(builder: PromptBuilder, frame, text_column: str, label_column: 
 
 def train(config: FrameSFTConfig, run_dir: str | Path | None = None, overwrite: bool = False,
           resume: bool = False, show_progress: bool = True) -> TrainResult:
-    """Fine-tune, select the best checkpoint by validation F1 macro, evaluate, and write the run folder."""
-    from transformers import EarlyStoppingCallback, set_seed
-    from transformers.trainer_utils import get_last_checkpoint
+    """Fine-tune, select the best checkpoint by validation F1 macro, evaluate, and write the run folder.
 
+    Works unchanged under `accelerate launch`/`torchrun` (DDP): the trainer shards the training data, the
+    validation set is scored in shards and gathered, and only the main process writes files and logs to W&B.
+    """
+    from transformers import set_seed
+
+    from .modeling import process_state
+
+    state = process_state()
+    main = state.is_main_process
     run_dir = Path(run_dir or config.training.output_dir)
-    prepare_run_folder(run_dir, overwrite, resume)
-    log_handler = attach_log_file(run_dir)
+    if main:
+        prepare_run_folder(run_dir, overwrite, resume)
+    state.wait_for_everyone()
+    log_handler = attach_log_file(run_dir) if main else None
     checkpoint_dir = checkpoint_folder(config, run_dir)
     try:
         set_seed(config.training.seed)
-        if resume:
-            warn_if_config_changed(run_dir, config)
-        write_text(run_dir / CONFIG_FILE, config.to_yaml())
+        if main:
+            if resume:
+                warn_if_config_changed(run_dir, config)
+            write_text(run_dir / CONFIG_FILE, config.to_yaml())
         if config.model.trust_remote_code:
             log.warning("model.trust_remote_code is ON: code from the model repository will be executed")
+        log.info("processes: %d (device %s)", state.num_processes, state.device)
 
-        device = pick_device()
         model_path = resolve_model_path(config.model.base_model)
         tokenizer = load_tokenizer(model_path, config.model.trust_remote_code)
         data, builder = load_data_and_prompt(config, tokenizer)
-        write_json(run_dir / "data_report.json", {"validation_source": data.validation_source,
-                                                  "reports": [r.to_dict() for r in data.reports]})
-        write_json(run_dir / LABEL_MAP_FILE, {"label2id": {l: i for i, l in enumerate(data.labels)},
-                                              "id2label": {i: l for i, l in enumerate(data.labels)}})
+        if main:
+            write_run_metadata(run_dir, data)
+        model = lora_model(config, model_path, state.device)
+        trainer, graceful_stop = build_trainer(config, model, tokenizer, builder, data, run_dir, checkpoint_dir,
+                                               state, show_progress)
+        train_seconds = run_training(trainer, graceful_stop, checkpoint_dir, run_dir, resume)
 
-        model = load_base_model(config, model_path, device, for_training=True)
-        if not config.training.use_lora:
-            raise RunFolderError("training.use_lora: false is not supported; framesft trains LoRA adapters")
-        model = attach_lora(model, config)
-        trainable, total = model.get_nb_trainable_parameters()
-        log.info("LoRA: %s trainable of %s parameters (%.2f%%)", f"{trainable:,}", f"{total:,}",
-                 100 * trainable / total)
-
-        text_col, label_col = config.data.text_column, config.data.label_column
-        train_examples = encode_frame(builder, data.train, text_col, label_col)
-        validation_texts = data.validation[text_col].tolist()
-        validation_labels = data.validation[label_col].tolist()
-        validation_prompts = [builder.encode_prompt(text) for text in validation_texts]
-
-        def frame_evaluator(current_model) -> dict:
-            scorer = LabelScorer(current_model, builder, config.evaluation.token_budget,
-                                 config.evaluation.batch_size, config.evaluation.length_normalize)
-            scores = scorer.score_prompts(validation_prompts)
-            return classification_metrics(validation_labels, scores.predictions, data.labels)
-
-        report_to = start_tracking(config, run_dir)
-        callbacks = []
-        if config.training.early_stopping_patience:
-            callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.training.early_stopping_patience))
-        graceful_stop = make_graceful_stop()
-        callbacks.append(graceful_stop)
-        trainer = make_trainer_class()(
-            model=model,
-            args=training_arguments(config, checkpoint_dir, report_to, run_dir, device),
-            train_dataset=train_examples,
-            eval_dataset=train_examples[:1],  # unused: FrameTrainer.evaluate scores the validation set itself
-            data_collator=AnswerOnlyCollator(tokenizer.pad_token_id),
-            processing_class=tokenizer,
-            callbacks=callbacks,
-            frame_evaluator=frame_evaluator,
-        )
-        if not show_progress:
-            trainer.remove_callback(__import__("transformers").trainer_callback.ProgressCallback)
-        last_checkpoint = get_last_checkpoint(str(checkpoint_dir)) if resume and checkpoint_dir.is_dir() else None
-        if resume:
-            log.info("resuming from %s", last_checkpoint or "the start (no checkpoint saved yet)")
-            if last_checkpoint:
-                validate_checkpoint(last_checkpoint)
-        start = time.perf_counter()
-        graceful_stop.install()
-        try:
-            trainer.train(resume_from_checkpoint=last_checkpoint)
-        finally:
-            graceful_stop.restore()
-        train_seconds = time.perf_counter() - start
-        if graceful_stop.received:
-            raise TrainingInterrupted(
-                f"training stopped by {graceful_stop.received} at step {trainer.state.global_step}; a checkpoint "
-                f"was saved in {checkpoint_dir}. Continue with: framesft train CONFIG --run-dir {run_dir} --resume"
-            )
-
-        trainer.model.save_pretrained(run_dir / ADAPTER_DIR, safe_serialization=True)
-        tokenizer.save_pretrained(run_dir / ADAPTER_DIR)
-        trainer.state.save_to_json(str(run_dir / "trainer_state.json"))
-
-        result = TrainResult(run_dir, data.labels, train_seconds=train_seconds, trainable_parameters=trainable,
+        result = TrainResult(run_dir, data.labels, train_seconds=train_seconds,
+                             trainable_parameters=model.get_nb_trainable_parameters()[0],
                              global_step=trainer.state.global_step)
-        classifier = Classifier(config, data.labels, trainer.model, builder)
-        splits = {"validation": data.validation}
-        if data.test is not None:
-            splits["test"] = data.test
-        for split, frame in splits.items():
-            metrics, predictions = evaluate_frame(classifier, frame[text_col].tolist(), frame[label_col].tolist(),
-                                                  f"final {split}", show_progress)
-            write_evaluation(run_dir, split, metrics, predictions)
-            result.metrics[split] = metrics
-        write_json(run_dir / "run_summary.json", {
-            "train_seconds": round(train_seconds, 1),
-            "global_step": trainer.state.global_step,
-            "best_checkpoint": trainer.state.best_model_checkpoint,
-            "best_metric": trainer.state.best_metric,
-            "trainable_parameters": trainable,
-            "train_examples": len(train_examples),
-            "train_tokens_per_epoch": sum(len(e["input_ids"]) for e in train_examples),
-            "metrics": {split: headline(m) for split, m in result.metrics.items()},
-        })
-        log_final_metrics(result.metrics)
+        if main:
+            trainer.model.save_pretrained(run_dir / ADAPTER_DIR, safe_serialization=True)
+            tokenizer.save_pretrained(run_dir / ADAPTER_DIR)
+            trainer.state.save_to_json(str(run_dir / "trainer_state.json"))
+            evaluate_and_summarise(result, Classifier(config, data.labels, trainer.model, builder), data, trainer,
+                                   show_progress)
+        state.wait_for_everyone()
         return result
     except FrameSFTError:
-        if not resume and not checkpoint_dir.exists():
+        if main and not resume and not checkpoint_dir.exists():
             # Failed before any training happened (bad data, config or model): leave nothing behind that
             # could pass for a run, and nothing that would need --overwrite next time.
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     finally:
         finish_tracking()
-        logging.getLogger().removeHandler(log_handler)
-        log_handler.close()
+        if log_handler is not None:
+            logging.getLogger().removeHandler(log_handler)
+            log_handler.close()
+
+
+def write_run_metadata(run_dir: Path, data: RunData) -> None:
+    write_json(run_dir / "data_report.json", {"validation_source": data.validation_source,
+                                              "reports": [r.to_dict() for r in data.reports]})
+    write_json(run_dir / LABEL_MAP_FILE, {"label2id": {l: i for i, l in enumerate(data.labels)},
+                                          "id2label": {i: l for i, l in enumerate(data.labels)}})
+
+
+def lora_model(config: FrameSFTConfig, model_path: str, device: torch.device):
+    if not config.training.use_lora:
+        raise RunFolderError("training.use_lora: false is not supported; framesft trains LoRA adapters")
+    model = attach_lora(load_base_model(config, model_path, device, for_training=True), config)
+    trainable, total = model.get_nb_trainable_parameters()
+    log.info("LoRA: %s trainable of %s parameters (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    return model
+
+
+def make_frame_evaluator(config: FrameSFTConfig, builder: PromptBuilder, data: RunData, state):
+    """Validation metrics from label scoring; with several processes each scores a shard and all gather."""
+    text_col, label_col = config.data.text_column, config.data.label_column
+    prompts = [builder.encode_prompt(text) for text in data.validation[text_col]]
+    labels = data.validation[label_col].tolist()
+
+    def evaluate(model) -> dict:
+        scorer = LabelScorer(model, builder, config.evaluation.token_budget, config.evaluation.batch_size,
+                             config.evaluation.length_normalize)
+        mine = list(range(state.process_index, len(prompts), state.num_processes))
+        scores = scorer.score_prompts([prompts[i] for i in mine]).scores
+        if state.num_processes > 1:
+            gathered = [None] * state.num_processes
+            torch.distributed.all_gather_object(gathered, (mine, scores))
+        else:
+            gathered = [(mine, scores)]
+        full = np.zeros((len(prompts), len(data.labels)))
+        for indices, shard in gathered:
+            full[indices] = shard
+        predictions = [data.labels[i] for i in full.argmax(axis=1)]
+        return classification_metrics(labels, predictions, data.labels)
+
+    return evaluate
+
+
+def build_trainer(config, model, tokenizer, builder, data, run_dir, checkpoint_dir, state, show_progress):
+    from transformers import EarlyStoppingCallback
+    from transformers.trainer_callback import ProgressCallback
+
+    train_examples = encode_frame(builder, data.train, config.data.text_column, config.data.label_column)
+    report_to = start_tracking(config, run_dir, is_main_process=state.is_main_process)
+    graceful_stop = make_graceful_stop()
+    callbacks = [graceful_stop]
+    if config.training.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.training.early_stopping_patience))
+    trainer = make_trainer_class()(
+        model=model,
+        args=training_arguments(config, checkpoint_dir, report_to, run_dir, state.device),
+        train_dataset=train_examples,
+        eval_dataset=train_examples[:1],  # unused: FrameTrainer.evaluate scores the validation set itself
+        data_collator=AnswerOnlyCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        frame_evaluator=make_frame_evaluator(config, builder, data, state),
+    )
+    if not show_progress:
+        trainer.remove_callback(ProgressCallback)
+    return trainer, graceful_stop
+
+
+def run_training(trainer, graceful_stop, checkpoint_dir: Path, run_dir: Path, resume: bool) -> float:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last_checkpoint = get_last_checkpoint(str(checkpoint_dir)) if resume and checkpoint_dir.is_dir() else None
+    if resume:
+        log.info("resuming from %s", last_checkpoint or "the start (no checkpoint saved yet)")
+        if last_checkpoint:
+            validate_checkpoint(last_checkpoint)
+    start = time.perf_counter()
+    graceful_stop.install()
+    try:
+        trainer.train(resume_from_checkpoint=last_checkpoint)
+    finally:
+        graceful_stop.restore()
+    if graceful_stop.received:
+        raise TrainingInterrupted(
+            f"training stopped by {graceful_stop.received} at step {trainer.state.global_step}; a checkpoint "
+            f"was saved in {checkpoint_dir}. Continue with: framesft train CONFIG --run-dir {run_dir} --resume"
+        )
+    return time.perf_counter() - start
+
+
+def evaluate_and_summarise(result: TrainResult, classifier: Classifier, data: RunData, trainer,
+                           show_progress: bool) -> None:
+    """Final metrics of the best checkpoint on validation (and test) data, written into the run folder."""
+    text_col, label_col = classifier.config.data.text_column, classifier.config.data.label_column
+    splits = {"validation": data.validation, **({"test": data.test} if data.test is not None else {})}
+    for split, frame in splits.items():
+        metrics, predictions = evaluate_frame(classifier, frame[text_col].tolist(), frame[label_col].tolist(),
+                                              f"final {split}", show_progress)
+        write_evaluation(result.run_dir, split, metrics, predictions)
+        result.metrics[split] = metrics
+    write_json(result.run_dir / "run_summary.json", {
+        "train_seconds": round(result.train_seconds, 1),
+        "global_step": result.global_step,
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "best_metric": trainer.state.best_metric,
+        "trainable_parameters": result.trainable_parameters,
+        "train_examples": len(trainer.train_dataset),
+        "train_tokens_per_epoch": sum(len(e["input_ids"]) for e in trainer.train_dataset),
+        "processes": trainer.args.world_size,
+        "metrics": {split: headline(m) for split, m in result.metrics.items()},
+    })
+    log_final_metrics(result.metrics)
 
 
 def warn_if_config_changed(run_dir: Path, config: FrameSFTConfig) -> None:
