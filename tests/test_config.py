@@ -91,6 +91,11 @@ def test_seed_mistral_config():
     assert config.training.early_stopping_patience == 3
 
 
+def test_accelerate_configs_are_valid_yaml():
+    for path in (REPO / "configs" / "accelerate").glob("*.yaml"):
+        assert yaml.safe_load(path.read_text())["distributed_type"], path
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
 def test_every_shipped_config_validates(name):
     load_config(REPO / "configs" / name)

@@ -113,3 +113,30 @@ def test_in_memory_classifier_matches_reloaded_run(trained_run):
     classifier = load_classifier(trained_run.run_dir)
     frame = predict_texts(classifier, ["The pound has fallen sharply.", "Order, order."])
     assert set(frame["predicted"]) <= set(FRAMES)
+
+
+def test_out_of_memory_retries_with_half_batch_and_double_accumulation(tiny_model_dir, tmp_path, monkeypatch):
+    import framesft.training as training
+
+    attempts = []
+    real_run_training = training.run_training
+
+    def run_training_that_runs_out_of_memory_once(trainer, *args, **kwargs):
+        attempts.append((trainer.args.per_device_train_batch_size, trainer.args.gradient_accumulation_steps))
+        if len(attempts) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_run_training(trainer, *args, **kwargs)
+
+    monkeypatch.setattr(training, "run_training", run_training_that_runs_out_of_memory_once)
+    config = tiny_config(tiny_model_dir, tmp_path / "oom", num_epochs=1, batch_size=4, gradient_accumulation_steps=2,
+                         oom_retry=True)
+    result = train(config, show_progress=False)
+    assert attempts == [(4, 2), (2, 4)]
+    assert result.global_step == 6  # 48 rows / effective batch 8: the same number of optimizer steps
+
+    monkeypatch.setattr(training, "run_training", lambda *a, **k: (_ for _ in ()).throw(
+        torch.cuda.OutOfMemoryError("simulated")))
+    from framesft.errors import FrameSFTError
+
+    with pytest.raises(FrameSFTError, match="set training.oom_retry: true"):
+        train(tiny_config(tiny_model_dir, tmp_path / "oom2", num_epochs=1), show_progress=False)

@@ -19,6 +19,8 @@ EPILOG = """examples:
   framesft evaluate runs/my-run --data test.csv
   framesft predict runs/my-run --text "The tariffs will cost jobs."
   framesft predict runs/my-run --input corpus.csv --output labels.parquet
+  framesft baseline configs/smollm2-brexit.yaml           TF-IDF + logistic regression floor
+  framesft export runs/my-run --output merged/            adapter merged into a plain transformers model
 """
 
 
@@ -57,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--query", help="DuckDB input: a table name or SELECT statement")
     p.add_argument("--chunk-rows", type=int, default=1000,
                    help="rows per chunk; each finished chunk is saved, so a rerun resumes after it (default 1000)")
+
+    p = commands.add_parser("baseline", help="TF-IDF + logistic regression on a config's data (the lexical floor)")
+    p.add_argument("config", help="YAML config file (its data section is used)")
+    add_overrides(p)
+    p.add_argument("--data", help="labelled file to evaluate on (default: the config's test file)")
+    p.add_argument("--output", help="write the metrics as JSON here")
 
     p = commands.add_parser("export", help="write the base model with the adapter merged (plain transformers)")
     p.add_argument("run", help="run folder written by `framesft train`")
@@ -130,6 +138,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return command_evaluate(args, show_progress)
     if args.command == "predict":
         return command_predict(args, show_progress)
+    if args.command == "baseline":
+        return command_baseline(args)
     if args.command == "export":
         from .inference import export_merged
 
@@ -188,6 +198,20 @@ def command_predict(args, show_progress: bool) -> int:
                        args.chunk_rows, show_progress)
     if n is not None:
         print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
+    return 0
+
+
+def command_baseline(args) -> int:
+    from .baseline import run_baseline
+    from .config import load_config
+    from .reporting import console, metrics_table, per_class_table, write_json
+
+    result = run_baseline(load_config(args.config, args.overrides), args.data)
+    console.print(per_class_table(result["metrics"], f"TF-IDF baseline on {result['split']}: per class"))
+    console.print(metrics_table({"tfidf+logreg": result["metrics"]},
+                                f"TF-IDF baseline: trained on {result['train_rows']} rows, scored on {result['split']}"))
+    if args.output:
+        write_json(args.output, result)
     return 0
 
 

@@ -116,6 +116,7 @@ class TrainingSection(Section):
     early_stopping_patience: int | None = Field(3, gt=0)
     gradient_checkpointing: bool = False
     max_steps: int | None = Field(None, gt=0)  # cap on optimizer steps, mainly for smoke tests
+    oom_retry: bool = False  # on CUDA out-of-memory: retry with half the batch and twice the accumulation
 
     @field_validator("lora_target_modules")
     @classmethod

@@ -319,10 +319,17 @@ def train(config: FrameSFTConfig, run_dir: str | Path | None = None, overwrite: 
         data, builder = load_data_and_prompt(config, tokenizer)
         if main:
             write_run_metadata(run_dir, data)
-        model = lora_model(config, model_path, state.device)
-        trainer, graceful_stop = build_trainer(config, model, tokenizer, builder, data, run_dir, checkpoint_dir,
-                                               state, show_progress)
-        train_seconds = run_training(trainer, graceful_stop, checkpoint_dir, run_dir, resume)
+        while True:
+            model = lora_model(config, model_path, state.device)
+            trainer, graceful_stop = build_trainer(config, model, tokenizer, builder, data, run_dir,
+                                                   checkpoint_dir, state, show_progress)
+            try:
+                train_seconds = run_training(trainer, graceful_stop, checkpoint_dir, run_dir, resume)
+                break
+            except torch.cuda.OutOfMemoryError:
+                config = smaller_batch_config(config)  # raises when retrying is off or impossible
+                del trainer, model
+                free_accelerator_memory()
 
         result = TrainResult(run_dir, data.labels, train_seconds=train_seconds,
                              trainable_parameters=model.get_nb_trainable_parameters()[0],
@@ -346,6 +353,29 @@ def train(config: FrameSFTConfig, run_dir: str | Path | None = None, overwrite: 
         if log_handler is not None:
             logging.getLogger().removeHandler(log_handler)
             log_handler.close()
+
+
+def smaller_batch_config(config: FrameSFTConfig) -> FrameSFTConfig:
+    """Half the batch, double the accumulation: the effective batch size stays the same."""
+    t = config.training
+    if not t.oom_retry or t.batch_size == 1:
+        hint = "set training.oom_retry: true" if not t.oom_retry else "lower data.max_length or use QLoRA"
+        raise FrameSFTError(f"CUDA out of memory at training.batch_size {t.batch_size}; {hint}")
+    retry = config.model_copy(deep=True)
+    retry.training.batch_size = t.batch_size // 2
+    retry.training.gradient_accumulation_steps = t.gradient_accumulation_steps * 2
+    log.warning("CUDA out of memory at batch size %d: retrying from the start with batch size %d and gradient "
+                "accumulation %d (effective batch %d unchanged)", t.batch_size, retry.training.batch_size,
+                retry.training.gradient_accumulation_steps, t.batch_size * t.gradient_accumulation_steps)
+    return retry
+
+
+def free_accelerator_memory() -> None:
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def write_run_metadata(run_dir: Path, data: RunData) -> None:
