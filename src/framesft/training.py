@@ -10,6 +10,7 @@ What we add to the stock Trainer:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -335,9 +336,8 @@ def train(config: FrameSFTConfig, run_dir: str | Path | None = None, overwrite: 
                              trainable_parameters=model.get_nb_trainable_parameters()[0],
                              global_step=trainer.state.global_step)
         if main:
-            trainer.model.save_pretrained(run_dir / ADAPTER_DIR, safe_serialization=True)
-            tokenizer.save_pretrained(run_dir / ADAPTER_DIR)
-            trainer.state.save_to_json(str(run_dir / "trainer_state.json"))
+            save_adapter(trainer.model, tokenizer, run_dir / ADAPTER_DIR)
+            write_json(run_dir / "trainer_state.json", dataclasses.asdict(trainer.state))
             evaluate_and_summarise(result, Classifier(config, data.labels, trainer.model, builder), data, trainer,
                                    show_progress)
         state.wait_for_everyone()
@@ -376,6 +376,22 @@ def free_accelerator_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def save_adapter(model, tokenizer, target: Path) -> None:
+    """Adapter (safetensors) + tokenizer, written to a staging folder and renamed: never half-written."""
+    import tempfile
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_run_metadata(run_dir: Path, data: RunData) -> None:
