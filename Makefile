@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench-scoring clean
+.PHONY: install demo test chromium clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,15 @@ install: $(STAMP)
 demo: install
 	$(BIN)/framesft demo --overwrite
 
-test: install
+test: install chromium
 	$(BIN)/python -m pytest
+
+# Headless Chromium renders report.html in a test; best effort (the test skips, saying why, if it cannot be had)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
+	  echo "note: chromium could not be installed; the report rendering test will be skipped"
 
 clean:
 	rm -rf $(VENV) runs

@@ -30,6 +30,7 @@ from .inference import ADAPTER_DIR, CONFIG_FILE, LABEL_MAP_FILE, Classifier, eva
 from .metrics import classification_metrics, headline
 from .modeling import attach_lora, load_base_model, load_tokenizer, resolve_model_path
 from .prompting import IGNORE_INDEX, PromptBuilder
+from .report import render_report
 from .reporting import write_evaluation, write_json, write_text
 from .rundata import RunData, load_run_data
 from .scoring import LabelScorer, positions_from_mask
@@ -319,7 +320,7 @@ def train(config: FrameSFTConfig, run_dir: str | Path | None = None, overwrite: 
         tokenizer = load_tokenizer(model_path, config.model.trust_remote_code)
         data, builder = load_data_and_prompt(config, tokenizer)
         if main:
-            write_run_metadata(run_dir, data)
+            write_run_metadata(run_dir, data, config.data.label_column)
         while True:
             model = lora_model(config, model_path, state.device)
             trainer, graceful_stop = build_trainer(config, model, tokenizer, builder, data, run_dir,
@@ -394,11 +395,16 @@ def save_adapter(model, tokenizer, target: Path) -> None:
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def write_run_metadata(run_dir: Path, data: RunData) -> None:
+def write_run_metadata(run_dir: Path, data: RunData, label_column: str) -> None:
     write_json(run_dir / "data_report.json", {"validation_source": data.validation_source,
                                               "reports": [r.to_dict() for r in data.reports]})
     write_json(run_dir / LABEL_MAP_FILE, {"label2id": {l: i for i, l in enumerate(data.labels)},
                                           "id2label": {i: l for i, l in enumerate(data.labels)}})
+    splits = {"train": data.train, "validation": data.validation, "test": data.test}
+    write_json(run_dir / "label_distribution.json", {
+        name: {label: int((frame[label_column] == label).sum()) for label in data.labels}
+        for name, frame in splits.items() if frame is not None
+    })
 
 
 def lora_model(config: FrameSFTConfig, model_path: str, device: torch.device):
@@ -504,6 +510,7 @@ def evaluate_and_summarise(result: TrainResult, classifier: Classifier, data: Ru
         "metrics": {split: headline(m) for split, m in result.metrics.items()},
     })
     log_final_metrics(result.metrics)
+    render_report(result.run_dir)
 
 
 def warn_if_config_changed(run_dir: Path, config: FrameSFTConfig) -> None:
