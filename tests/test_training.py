@@ -140,3 +140,24 @@ def test_out_of_memory_retries_with_half_batch_and_double_accumulation(tiny_mode
 
     with pytest.raises(FrameSFTError, match="set training.oom_retry: true"):
         train(tiny_config(tiny_model_dir, tmp_path / "oom2", num_epochs=1), show_progress=False)
+
+
+def test_classification_head_method_trains_evaluates_and_predicts(tiny_model_dir, tmp_path):
+    """method: classification shares data, checks, metrics, early stopping and the run folder layout."""
+    config = tiny_config(tiny_model_dir, tmp_path / "head", num_epochs=3, learning_rate=5e-3)
+    config.method = "classification"
+    result = train(config, show_progress=False)
+    missing = [name for name in RUN_FILES if not (result.run_dir / name).exists()]
+    assert missing == []
+    state = json.loads((result.run_dir / "trainer_state.json").read_text())
+    losses = [e["loss"] for e in state["log_history"] if "loss" in e]
+    assert losses[-1] < losses[0]
+    assert len([e for e in state["log_history"] if "eval_f1_macro" in e]) == 3
+    from safetensors import safe_open
+
+    with safe_open(str(result.run_dir / "adapter" / "adapter_model.safetensors"), "pt") as handle:
+        assert any("score" in key for key in handle.keys())  # the head is saved with the adapter
+    classifier = load_classifier(result.run_dir)
+    frame = predict_texts(classifier, ["The pound has fallen sharply.", "Order, order."])
+    assert set(frame["predicted"]) <= set(FRAMES)
+    assert frame[[f"p_{label}" for label in classifier.labels]].sum(axis=1).round(6).eq(1).all()

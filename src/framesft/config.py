@@ -165,6 +165,8 @@ class TrackingSection(Section):
 
 
 class FrameSFTConfig(Section):
+    # sft: the model generates the label (scored per label); classification: a sequence-classification head
+    method: Literal["sft", "classification"] = "sft"
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection = Field(default_factory=DataSection)
     training: TrainingSection = Field(default_factory=TrainingSection)

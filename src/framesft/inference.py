@@ -35,9 +35,16 @@ class Classifier:
     config: FrameSFTConfig
     labels: list[str]
     model: object
-    builder: PromptBuilder
+    tokenizer: object
+    builder: PromptBuilder | None = None  # the SFT prompt; None for the classification head
 
-    def scorer(self) -> LabelScorer:
+    def scorer(self):
+        """LabelScorer (generative SFT) or HeadScorer (classification head): both give LabelScores."""
+        if self.config.method == "classification":
+            from .heads import HeadScorer
+
+            return HeadScorer(self.model, self.tokenizer, self.labels, self.config.data.max_length,
+                              self.config.evaluation.token_budget, self.config.evaluation.batch_size)
         return LabelScorer(
             self.model,
             self.builder,
@@ -70,10 +77,18 @@ def load_classifier(run_dir: str | Path, device=None) -> Classifier:
     device = device or pick_device()
     model_path = resolve_model_path(config.model.base_model)
     tokenizer = load_tokenizer(model_path, config.model.trust_remote_code)
-    base = load_base_model(config, model_path, device, for_training=False)
+    base = load_base_model(config, model_path, device, for_training=False, labels=labels,
+                           pad_token_id=tokenizer.pad_token_id)
     model = load_adapter(base, run_dir / ADAPTER_DIR)
     model.eval()
-    return Classifier(config, labels, model, PromptBuilder(tokenizer, labels, config.prompt, config.data.max_length))
+    return make_classifier(config, labels, model, tokenizer)
+
+
+def make_classifier(config: FrameSFTConfig, labels: list[str], model, tokenizer) -> Classifier:
+    builder = None
+    if config.method == "sft":
+        builder = PromptBuilder(tokenizer, labels, config.prompt, config.data.max_length)
+    return Classifier(config, labels, model, tokenizer, builder)
 
 
 def load_zero_shot(config: FrameSFTConfig, labels: list[str], device=None) -> Classifier:
@@ -81,9 +96,10 @@ def load_zero_shot(config: FrameSFTConfig, labels: list[str], device=None) -> Cl
     device = device or pick_device()
     model_path = resolve_model_path(config.model.base_model)
     tokenizer = load_tokenizer(model_path, config.model.trust_remote_code)
-    model = load_base_model(config, model_path, device, for_training=False)
+    model = load_base_model(config, model_path, device, for_training=False, labels=labels,
+                            pad_token_id=tokenizer.pad_token_id)
     model.eval()
-    return Classifier(config, labels, model, PromptBuilder(tokenizer, labels, config.prompt, config.data.max_length))
+    return make_classifier(config, labels, model, tokenizer)
 
 
 def evaluate_frame(
@@ -181,15 +197,16 @@ def export_merged(run_dir: str | Path, output_dir: str | Path) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
     try:
         merged.save_pretrained(staging, safe_serialization=True)
-        classifier.builder.tokenizer.save_pretrained(staging)
+        classifier.tokenizer.save_pretrained(staging)
         shutil.copy(run_dir / LABEL_MAP_FILE, staging / LABEL_MAP_FILE)
         shutil.copy(run_dir / CONFIG_FILE, staging / CONFIG_FILE)
-        (staging / "framesft_prompt.json").write_text(json.dumps({
-            "labels": classifier.labels,
-            "label_token_ids": classifier.builder.label_token_ids,
-            "answer_texts": {label: classifier.builder.answer_text(label) for label in classifier.labels},
-            "example_prompt": classifier.builder.render("<passage>"),
-        }, indent=2, ensure_ascii=False))
+        if classifier.builder is not None:
+            (staging / "framesft_prompt.json").write_text(json.dumps({
+                "labels": classifier.labels,
+                "label_token_ids": classifier.builder.label_token_ids,
+                "answer_texts": {label: classifier.builder.answer_text(label) for label in classifier.labels},
+                "example_prompt": classifier.builder.render("<passage>"),
+            }, indent=2, ensure_ascii=False))
         if output.exists():
             output.rmdir()
         staging.rename(output)

@@ -68,10 +68,19 @@ def load_tokenizer(model_path: str, trust_remote_code: bool):
     return tokenizer
 
 
-def load_base_model(config: FrameSFTConfig, model_path: str, device: torch.device, for_training: bool):
-    from transformers import AutoModelForCausalLM
+def load_base_model(config: FrameSFTConfig, model_path: str, device: torch.device, for_training: bool,
+                    labels: list[str] | None = None, pad_token_id: int | None = None):
+    """The causal LM (method sft) or the same model with a sequence-classification head (method classification)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     kwargs = dict(dtype=pick_dtype(config, device), trust_remote_code=config.model.trust_remote_code)
+    model_class = AutoModelForCausalLM
+    if config.method == "classification":
+        if labels is None:
+            raise ValueError("the classification head needs the label set")
+        model_class = AutoModelForSequenceClassification
+        kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
+                      label2id={label: i for i, label in enumerate(labels)}, pad_token_id=pad_token_id)
     if config.model.attn_implementation:
         kwargs["attn_implementation"] = config.model.attn_implementation
     if config.model.load_in_4bit:
@@ -80,7 +89,7 @@ def load_base_model(config: FrameSFTConfig, model_path: str, device: torch.devic
     elif config.hardware.device_map and device.type == "cuda":
         kwargs["device_map"] = config.hardware.device_map
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+        model = model_class.from_pretrained(model_path, **kwargs)
     except OSError as exc:
         raise ConfigError(f"model.base_model: cannot load {model_path!r}: {exc}") from None
     if "device_map" not in kwargs:
@@ -140,7 +149,8 @@ def attach_lora(model, config: FrameSFTConfig):
         lora_alpha=training.lora_alpha,
         lora_dropout=training.lora_dropout,
         target_modules=list(training.lora_target_modules),
-        task_type="CAUSAL_LM",
+        # SEQ_CLS makes PEFT train the new head ("score") in full and save it with the adapter
+        task_type="SEQ_CLS" if config.method == "classification" else "CAUSAL_LM",
         bias="none",
     )
     return get_peft_model(model, lora)

@@ -33,7 +33,8 @@ from .prompting import IGNORE_INDEX, PromptBuilder
 from .report import render_report
 from .reporting import write_evaluation, write_json, write_text
 from .rundata import RunData, load_run_data
-from .scoring import LabelScorer, positions_from_mask
+from .heads import HeadCollator, encode_passage, head_loss
+from .scoring import positions_from_mask
 from .tracking import finish_tracking, log_final_metrics, start_tracking
 
 log = logging.getLogger(__name__)
@@ -91,12 +92,13 @@ def make_trainer_class():
         # compute_loss returns a per-micro-batch mean; the Trainer divides it by the accumulation steps.
         loss_is_scaled_for_ga = False
 
-        def __init__(self, *args, frame_evaluator=None, **kwargs):
+        def __init__(self, *args, frame_evaluator=None, loss_fn=answer_only_loss, **kwargs):
             super().__init__(*args, **kwargs)
             self.frame_evaluator = frame_evaluator
+            self.loss_fn = loss_fn
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            loss = answer_only_loss(model, inputs)
+            loss = self.loss_fn(model, inputs)
             return (loss, None) if return_outputs else loss
 
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
@@ -279,11 +281,24 @@ def cpu_supports_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def encode_frame(builder: PromptBuilder, frame, text_column: str, label_column: str) -> list[dict]:
+def encode_input(config: FrameSFTConfig, tokenizer, builder: PromptBuilder | None, text: str) -> list[int]:
+    """What the model reads for one passage: the SFT prompt, or the passage alone for the head."""
+    if builder is None:
+        return encode_passage(tokenizer, text, config.data.max_length)
+    return builder.encode_prompt(text)
+
+
+def encode_frame(config: FrameSFTConfig, tokenizer, builder: PromptBuilder | None, data: RunData) -> list[dict]:
+    """Training examples: prompt + answer with answer-only labels (SFT), or passage + class index (head)."""
+    text_column, label_column = config.data.text_column, config.data.label_column
     examples = []
-    for text, label in zip(frame[text_column], frame[label_column]):
-        encoded = builder.encode_example(text, label)
-        examples.append({"input_ids": encoded.input_ids, "labels": encoded.labels})
+    for text, label in zip(data.train[text_column], data.train[label_column]):
+        if builder is None:
+            examples.append({"input_ids": encode_passage(tokenizer, text, config.data.max_length),
+                             "labels": data.labels.index(label)})
+        else:
+            encoded = builder.encode_example(text, label)
+            examples.append({"input_ids": encoded.input_ids, "labels": encoded.labels})
     return examples
 
 
@@ -322,7 +337,7 @@ def train(config: FrameSFTConfig, run_dir: str | Path | None = None, overwrite: 
         if main:
             write_run_metadata(run_dir, data, config.data.label_column)
         while True:
-            model = lora_model(config, model_path, state.device)
+            model = lora_model(config, model_path, state.device, data.labels, tokenizer.pad_token_id)
             trainer, graceful_stop = build_trainer(config, model, tokenizer, builder, data, run_dir,
                                                    checkpoint_dir, state, show_progress)
             try:
@@ -339,7 +354,7 @@ def train(config: FrameSFTConfig, run_dir: str | Path | None = None, overwrite: 
         if main:
             save_adapter(trainer.model, tokenizer, run_dir / ADAPTER_DIR)
             write_json(run_dir / "trainer_state.json", dataclasses.asdict(trainer.state))
-            evaluate_and_summarise(result, Classifier(config, data.labels, trainer.model, builder), data, trainer,
+            evaluate_and_summarise(result, Classifier(config, data.labels, trainer.model, tokenizer, builder), data, trainer,
                                    show_progress)
         state.wait_for_everyone()
         return result
@@ -407,24 +422,24 @@ def write_run_metadata(run_dir: Path, data: RunData, label_column: str) -> None:
     })
 
 
-def lora_model(config: FrameSFTConfig, model_path: str, device: torch.device):
+def lora_model(config: FrameSFTConfig, model_path: str, device: torch.device, labels: list[str], pad_token_id: int):
     if not config.training.use_lora:
         raise RunFolderError("training.use_lora: false is not supported; framesft trains LoRA adapters")
-    model = attach_lora(load_base_model(config, model_path, device, for_training=True), config)
+    base = load_base_model(config, model_path, device, for_training=True, labels=labels, pad_token_id=pad_token_id)
+    model = attach_lora(base, config)
     trainable, total = model.get_nb_trainable_parameters()
     log.info("LoRA: %s trainable of %s parameters (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
     return model
 
 
-def make_frame_evaluator(config: FrameSFTConfig, builder: PromptBuilder, data: RunData, state):
+def make_frame_evaluator(config: FrameSFTConfig, tokenizer, builder: PromptBuilder | None, data: RunData, state):
     """Validation metrics from label scoring; with several processes each scores a shard and all gather."""
     text_col, label_col = config.data.text_column, config.data.label_column
-    prompts = [builder.encode_prompt(text) for text in data.validation[text_col]]
+    prompts = [encode_input(config, tokenizer, builder, text) for text in data.validation[text_col]]
     labels = data.validation[label_col].tolist()
 
     def evaluate(model) -> dict:
-        scorer = LabelScorer(model, builder, config.evaluation.token_budget, config.evaluation.batch_size,
-                             config.evaluation.length_normalize)
+        scorer = Classifier(config, data.labels, model, tokenizer, builder).scorer()
         mine = list(range(state.process_index, len(prompts), state.num_processes))
         scores = scorer.score_prompts([prompts[i] for i in mine]).scores
         if state.num_processes > 1:
@@ -445,7 +460,7 @@ def build_trainer(config, model, tokenizer, builder, data, run_dir, checkpoint_d
     from transformers import EarlyStoppingCallback
     from transformers.trainer_callback import ProgressCallback
 
-    train_examples = encode_frame(builder, data.train, config.data.text_column, config.data.label_column)
+    train_examples = encode_frame(config, tokenizer, builder, data)
     report_to = start_tracking(config, run_dir, is_main_process=state.is_main_process)
     graceful_stop = make_graceful_stop()
     callbacks = [graceful_stop]
@@ -456,10 +471,11 @@ def build_trainer(config, model, tokenizer, builder, data, run_dir, checkpoint_d
         args=training_arguments(config, checkpoint_dir, report_to, run_dir, state.device),
         train_dataset=train_examples,
         eval_dataset=train_examples[:1],  # unused: FrameTrainer.evaluate scores the validation set itself
-        data_collator=AnswerOnlyCollator(tokenizer.pad_token_id),
+        data_collator=(HeadCollator if config.method == "classification" else AnswerOnlyCollator)(tokenizer.pad_token_id),
         processing_class=tokenizer,
         callbacks=callbacks,
-        frame_evaluator=make_frame_evaluator(config, builder, data, state),
+        frame_evaluator=make_frame_evaluator(config, tokenizer, builder, data, state),
+        loss_fn=head_loss if config.method == "classification" else answer_only_loss,
     )
     if not show_progress:
         trainer.remove_callback(ProgressCallback)
@@ -522,10 +538,13 @@ def warn_if_config_changed(run_dir: Path, config: FrameSFTConfig) -> None:
                     run_dir / CONFIG_FILE)
 
 
-def load_data_and_prompt(config: FrameSFTConfig, tokenizer) -> tuple[RunData, PromptBuilder]:
+def load_data_and_prompt(config: FrameSFTConfig, tokenizer) -> tuple[RunData, PromptBuilder | None]:
     """Labels come from the data unless the config fixes them, and the prompt needs the labels."""
     from .rundata import configured_labels
 
+    if config.method == "classification":  # no prompt: the head reads the passage, truncated to max_length
+        return load_run_data(config, lambda t: len(tokenizer(t, add_special_tokens=True)["input_ids"]),
+                             config.data.max_length), None
     labels = configured_labels(config)
     if labels is None:
         labels = load_run_data(config).labels  # first pass only to learn the label set

@@ -1,0 +1,77 @@
+"""The sibling approach: a sequence-classification head on the same base model (LoRA on the same modules,
+the head trained in full). Shares data loading, checks, label map, metrics, early stopping and run folders
+with generative SFT; only encoding, loss and scoring differ, and they live here.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .scoring import LabelScores, token_budget_batches
+
+
+def encode_passage(tokenizer, text: str, max_length: int) -> list[int]:
+    """The passage alone (no instructions): the head reads the final token's hidden state."""
+    return tokenizer(text, truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"]
+
+
+class HeadCollator:
+    """Right-pads input ids; labels are class indices."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(e["input_ids"]) for e in examples)
+        ids = torch.full((len(examples), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(examples), width), dtype=torch.long)
+        for row, example in enumerate(examples):
+            n = len(example["input_ids"])
+            ids[row, :n] = torch.tensor(example["input_ids"])
+            mask[row, :n] = 1
+        labels = torch.tensor([e["labels"] for e in examples], dtype=torch.long)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def head_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return F.cross_entropy(logits.float(), batch["labels"])
+
+
+class HeadScorer:
+    """Label log-probabilities from the classification head (log-softmax of its logits)."""
+
+    def __init__(self, model, tokenizer, labels: list[str], max_length: int, token_budget: int = 4096,
+                 max_batch_size: int = 64):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.labels = labels
+        self.max_length = max_length
+        self.token_budget = token_budget
+        self.max_batch_size = max_batch_size
+
+    def score_texts(self, texts: Sequence[str], on_progress: Callable[[int], None] | None = None) -> LabelScores:
+        return self.score_prompts([encode_passage(self.tokenizer, t, self.max_length) for t in texts], on_progress)
+
+    def score_prompts(self, inputs: Sequence[list[int]], on_progress=None) -> LabelScores:
+        scores = np.zeros((len(inputs), len(self.labels)))
+        collate = HeadCollator(self.tokenizer.pad_token_id)
+        device = next(self.model.parameters()).device
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for batch in token_budget_batches([len(i) for i in inputs], self.token_budget, self.max_batch_size):
+                    tensors = collate([{"input_ids": inputs[i], "labels": 0} for i in batch])
+                    logits = self.model(input_ids=tensors["input_ids"].to(device),
+                                        attention_mask=tensors["attention_mask"].to(device)).logits
+                    scores[batch] = torch.log_softmax(logits.float(), -1).cpu().numpy()
+                    if on_progress:
+                        on_progress(len(batch))
+        finally:
+            self.model.train(was_training)
+        return LabelScores(self.labels, scores)
