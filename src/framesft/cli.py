@@ -60,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-rows", type=int, default=1000,
                    help="rows per chunk; each finished chunk is saved, so a rerun resumes after it (default 1000)")
 
+    p = commands.add_parser("compare", help="evaluate several runs on the same data, with paired statistics")
+    p.add_argument("runs", nargs="+", help="run folders")
+    p.add_argument("--data", required=True, help="labelled file every run is scored on")
+    p.add_argument("--output-dir", default="comparison", help="where comparison.{md,html,json} go")
+    p.add_argument("--baseline", action="store_true", help="add the TF-IDF baseline trained on the first run's data")
+
     p = commands.add_parser("baseline", help="TF-IDF + logistic regression on a config's data (the lexical floor)")
     p.add_argument("config", help="YAML config file (its data section is used)")
     add_overrides(p)
@@ -140,6 +146,12 @@ def dispatch(args: argparse.Namespace) -> int:
         return command_predict(args, show_progress)
     if args.command == "baseline":
         return command_baseline(args)
+    if args.command == "compare":
+        from .compare import compare_runs
+
+        result = compare_runs(args.runs, args.data, args.output_dir, args.baseline, show_progress)
+        print(result["markdown"])
+        return 0
     if args.command == "export":
         from .inference import export_merged
 

@@ -21,27 +21,34 @@ from .metrics import HEADLINE
 from .reporting import write_text
 
 
-def bootstrap_intervals(y_true, y_pred, labels, n_resamples: int = 1000, seed: int = 0) -> dict[str, tuple]:
-    """Percentile 95% intervals of accuracy and F1 macro/micro/weighted over resampled passages."""
+def resample_indices(n: int, n_resamples: int = 1000, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+
+
+def resampled_metrics(y_true, y_pred, labels, samples: np.ndarray) -> dict[str, np.ndarray]:
+    """Accuracy and F1 macro/micro/weighted for each row of resampled passage indices (vectorised)."""
     index = {label: i for i, label in enumerate(labels)}
     true = np.array([index[y] for y in y_true])
     pred = np.array([index.get(y, -1) for y in y_pred])
-    k, n = len(labels), len(true)
-    rng = np.random.default_rng(seed)
-    samples = rng.integers(0, n, size=(n_resamples, n))
     t, p = true[samples], pred[samples]
     correct = t == p
+    k, n = len(labels), samples.shape[1]
     tp = np.stack([((t == c) & correct).sum(1) for c in range(k)], 1)
     support = np.stack([(t == c).sum(1) for c in range(k)], 1)
     predicted = np.stack([(p == c).sum(1) for c in range(k)], 1)
     with np.errstate(divide="ignore", invalid="ignore"):
         f1 = np.where(support + predicted > 0, 2 * tp / (support + predicted), 0.0)
-    values = {
+    return {
         "accuracy": correct.mean(1),
         "f1_micro": correct.mean(1),
         "f1_macro": f1.mean(1),
         "f1_weighted": (f1 * support).sum(1) / n,
     }
+
+
+def bootstrap_intervals(y_true, y_pred, labels, n_resamples: int = 1000, seed: int = 0) -> dict[str, tuple]:
+    """Percentile 95% intervals of accuracy and F1 macro/micro/weighted over resampled passages."""
+    values = resampled_metrics(y_true, y_pred, labels, resample_indices(len(y_true), n_resamples, seed))
     return {name: (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) for name, v in values.items()}
 
 
