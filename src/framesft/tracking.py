@@ -77,7 +77,10 @@ def log_final_metrics(metrics_by_split: dict[str, dict]) -> None:
             rows = [[label, s["precision"], s["recall"], s["f1"], s["support"]]
                     for label, s in metrics["per_class"].items()]
             table = wandb.Table(columns=["label", "precision", "recall", "f1", "support"], data=rows)
-            wandb.log({f"{split}/per_class": table})
+            matrix = wandb.Table(columns=["true", "predicted", "count"], data=[
+                [metrics["labels"][i], metrics["labels"][j], count]
+                for i, row in enumerate(metrics["confusion_matrix"]) for j, count in enumerate(row)])
+            wandb.log({f"{split}/per_class": table, f"{split}/confusion_matrix": matrix})
     except Exception as exc:  # noqa: BLE001
         log.warning("W&B logging of final metrics failed (%s)", exc)
 
