@@ -345,6 +345,8 @@ def train(config: FrameSFTConfig, run_dir: str | Path | None = None, overwrite: 
                 break
             except torch.cuda.OutOfMemoryError:
                 config = smaller_batch_config(config)  # raises when retrying is off or impossible
+                if main:
+                    write_text(run_dir / CONFIG_FILE, config.to_yaml())  # the config the run really used
                 del trainer, model
                 free_accelerator_memory()
 
@@ -354,8 +356,8 @@ def train(config: FrameSFTConfig, run_dir: str | Path | None = None, overwrite: 
         if main:
             save_adapter(trainer.model, tokenizer, run_dir / ADAPTER_DIR)
             write_json(run_dir / "trainer_state.json", dataclasses.asdict(trainer.state))
-            evaluate_and_summarise(result, Classifier(config, data.labels, trainer.model, tokenizer, builder), data, trainer,
-                                   show_progress)
+            classifier = Classifier(config, data.labels, trainer.model, tokenizer, builder)
+            evaluate_and_summarise(result, classifier, data, trainer, show_progress)
         state.wait_for_everyone()
         return result
     except FrameSFTError:
