@@ -84,19 +84,14 @@ def _csv_chunks(source: CorpusSource, sep: str) -> Iterator[pd.DataFrame]:
 
 
 def _jsonl_chunks(source: CorpusSource) -> Iterator[pd.DataFrame]:
+    from .data import iter_jsonl_records
+
     records: list[dict] = []
-    with source.path.open("r", encoding="utf-8-sig") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{source.path}: line {line_number} is not valid JSON ({exc.msg})") from None
-            records.append({k: "" if v is None else str(v) for k, v in record.items()})
-            if len(records) == source.chunk_rows:
-                yield pd.DataFrame.from_records(records)
-                records = []
+    for record in iter_jsonl_records(source.path):
+        records.append(record)
+        if len(records) == source.chunk_rows:
+            yield pd.DataFrame.from_records(records)
+            records = []
     if records:
         yield pd.DataFrame.from_records(records)
 

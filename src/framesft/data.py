@@ -59,7 +59,11 @@ def _read_delimited(path: Path, sep: str) -> pd.DataFrame:
 
 
 def _read_jsonl(path: Path) -> pd.DataFrame:
-    records = []
+    return pd.DataFrame.from_records(list(iter_jsonl_records(path)))
+
+
+def iter_jsonl_records(path: Path):
+    """JSON objects of a JSONL file, one per non-blank line, every value as a string; errors name the line."""
     with path.open("rb") as handle:
         for line_number, raw in enumerate(handle, start=1):
             try:
@@ -74,8 +78,7 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
                 raise DataError(f"{path}: line {line_number} is not valid JSON ({exc.msg})") from None
             if not isinstance(record, dict):
                 raise DataError(f"{path}: line {line_number} must be a JSON object with named fields")
-            records.append({k: "" if v is None else str(v) for k, v in record.items()})
-    return pd.DataFrame.from_records(records)
+            yield {k: "" if v is None else str(v) for k, v in record.items()}
 
 
 def describe_bad_utf8(path: Path) -> str:
