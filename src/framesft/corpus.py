@@ -119,7 +119,7 @@ def _duckdb_chunks(source: CorpusSource) -> Iterator[pd.DataFrame]:
     connection = duckdb.connect(str(source.path), read_only=True)
     try:
         try:
-            reader = connection.execute(query).to_arrow_reader(source.chunk_rows)
+            reader = connection.sql(query).to_arrow_reader(source.chunk_rows)
         except duckdb.Error as exc:
             raise DataError(f"{source.path}: the query failed: {exc}") from None
         for batch in reader:
