@@ -231,7 +231,6 @@ def command_baseline(args) -> int:
 def command_data_check(args) -> int:
     from .config import load_config
     from .data import check_frame, check_lengths, check_overlap, read_table
-    from .reporting import console, write_json  # noqa: F401
 
     config = load_config(args.config, args.overrides)
     text_column = args.text_column or config.data.text_column
