@@ -160,7 +160,7 @@ def predict_corpus(run_dir: str | Path, input_path: str | Path, output_path: str
     total = count_rows(source) if state.is_main_process else None
     scorer = classifier.scorer()
     n_chunks = 0
-    with progress_bar(total or 0, "predicting", unit="rows",
+    with progress_bar(total, "predicting", unit="rows",
                       enabled=show_progress and state.is_main_process) as advance:
         for index, chunk in enumerate(iter_chunks(source)):
             n_chunks += 1

@@ -9,9 +9,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 @contextmanager
-def progress_bar(total: int, description: str, unit: str = "texts", enabled: bool = True,
+def progress_bar(total: int | None, description: str, unit: str = "texts", enabled: bool = True,
                  transient: bool = False) -> Iterator[Callable[[int], None]]:
-    """Yield `advance(n)`; shows done/total, rate, elapsed time and ETA on stderr."""
+    """Yield `advance(n)`; shows done/total, rate, elapsed time and ETA on stderr (total None: unknown)."""
     if not enabled:
         yield lambda n: None
         return
