@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .scoring import LabelScores, token_budget_batches
+from .scoring import LabelScores, pad_batch, token_budget_batches
 
 
 def encode_passage(tokenizer, text: str, max_length: int) -> list[int]:
@@ -26,13 +26,7 @@ class HeadCollator:
         self.pad_id = pad_id
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        width = max(len(e["input_ids"]) for e in examples)
-        ids = torch.full((len(examples), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(examples), width), dtype=torch.long)
-        for row, example in enumerate(examples):
-            n = len(example["input_ids"])
-            ids[row, :n] = torch.tensor(example["input_ids"])
-            mask[row, :n] = 1
+        ids, mask = pad_batch([e["input_ids"] for e in examples], self.pad_id, "right")
         labels = torch.tensor([e["labels"] for e in examples], dtype=torch.long)
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 

@@ -65,15 +65,23 @@ def token_budget_batches(lengths: Sequence[int], token_budget: int, max_batch_si
         yield batch
 
 
-def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, side: str = "left",
+              device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad token-id sequences to the longest; returns (ids, attention mask). Left padding puts every
+    sequence's end (the answer, the next-token position) in the last column."""
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for row, seq in enumerate(sequences):
         if seq:
-            ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-            mask[row, width - len(seq) :] = 1
+            span = slice(width - len(seq), width) if side == "left" else slice(0, len(seq))
+            ids[row, span] = torch.tensor(seq, dtype=torch.long)
+            mask[row, span] = 1
     return ids.to(device), mask.to(device)
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    return pad_batch(sequences, pad_id, "left", device)
 
 
 def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,7 @@ from .report import render_report
 from .reporting import write_evaluation, write_json, write_text
 from .rundata import RunData, load_run_data
 from .heads import HeadCollator, encode_passage, head_loss
-from .scoring import positions_from_mask
+from .scoring import pad_batch, positions_from_mask
 from .tracking import finish_tracking, log_final_metrics, start_tracking
 
 log = logging.getLogger(__name__)
@@ -50,15 +50,8 @@ class AnswerOnlyCollator:
         self.pad_id = pad_id
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        width = max(len(e["input_ids"]) for e in examples)
-        ids = torch.full((len(examples), width), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(examples), width), dtype=torch.long)
-        for row, example in enumerate(examples):
-            n = len(example["input_ids"])
-            ids[row, width - n :] = torch.tensor(example["input_ids"])
-            labels[row, width - n :] = torch.tensor(example["labels"])
-            mask[row, width - n :] = 1
+        ids, mask = pad_batch([e["input_ids"] for e in examples], self.pad_id, "left")
+        labels, _ = pad_batch([e["labels"] for e in examples], IGNORE_INDEX, "left")
         return {"input_ids": ids, "attention_mask": mask, "position_ids": positions_from_mask(mask), "labels": labels}
 
 
