@@ -141,7 +141,14 @@ def test_cli_style_overrides_are_parsed_as_yaml():
 
 
 def test_malformed_override_says_how_to_write_it():
-    with pytest.raises(ConfigError, match="section.key=value"):
+    for bad in ["training.optim.lr=3e-5", "learning_rate 3e-5", "training.=1"]:
+        with pytest.raises(ConfigError, match="section.key=value"):
+            load_config(None, [bad])
+
+
+def test_top_level_override_sets_the_method_and_unknown_top_level_keys_are_refused():
+    assert load_config(None, ["method=classification"]).method == "classification"
+    with pytest.raises(ConfigError, match="learning_rate: unknown key"):
         load_config(None, ["learning_rate=3e-5"])
 
 

@@ -231,16 +231,20 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
 
 
 def apply_override(raw: dict[str, Any], override: str) -> None:
-    """Apply one `section.key=value` override; the value is parsed as YAML (`3e-5`, `true`, `[a, b]`)."""
+    """Apply one `section.key=value` (or top-level `key=value`, e.g. `method=classification`) override;
+    the value is parsed as YAML (`3e-5`, `true`, `[a, b]`)."""
     key, sep, value_text = override.partition("=")
     parts = key.strip().split(".")
-    if not sep or len(parts) != 2 or not all(parts):
+    if not sep or len(parts) > 2 or not all(parts):
         raise ConfigError(f"--set {override!r}: write it as section.key=value, e.g. training.learning_rate=3e-5")
-    section, name = parts
     try:
         value = yaml.safe_load(value_text) if value_text.strip() else None
     except yaml.YAMLError:
         value = value_text
+    if len(parts) == 1:
+        raw[parts[0]] = value
+        return
+    section, name = parts
     target = raw.setdefault(section, {})
     if not isinstance(target, dict):
         raise ConfigError(f"--set {override!r}: config section {section!r} is not a mapping")
