@@ -30,6 +30,21 @@ def read(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
 
 
+def training_sample(per_class: int) -> tuple[pd.DataFrame, Path]:
+    """The whole training file (per_class 0) or a seeded balanced sample of it, written to benchmarks/work."""
+    full = read(SHARED / "train_data.csv").drop_duplicates("chunk_text")
+    rows = full if per_class == 0 else full.groupby("frame_name", group_keys=False).sample(n=per_class, random_state=0)
+    WORK.mkdir(parents=True, exist_ok=True)
+    path = WORK / f"train_{per_class or 'all'}.csv"
+    rows.to_csv(path, index=False)
+    return rows, path
+
+
+def real_data_overrides(subset: Path, run_dir: Path) -> list[str]:
+    return [f"data.data_dir={WORK}", f"data.train_csv={subset.name}", f"data.test_csv={SHARED / 'dev_data.csv'}",
+            f"training.output_dir={run_dir}"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(REPO / "configs" / "smollm2-brexit.yaml"))
@@ -37,20 +52,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=2)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--name", default=None, help="label of this setting in the results table")
+    parser.add_argument("--run-dir", default=str(WORK / "run"), help="run folder (replaced)")
     args = parser.parse_args()
 
     full = read(SHARED / "train_data.csv").drop_duplicates("chunk_text")
     dev = read(SHARED / "dev_data.csv")
-    train_rows = full if args.per_class == 0 else full.groupby("frame_name", group_keys=False).sample(
-        n=args.per_class, random_state=0)
-    WORK.mkdir(parents=True, exist_ok=True)
-    subset = WORK / f"train_{args.per_class or 'all'}.csv"
-    train_rows.to_csv(subset, index=False)
-
-    config = load_config(args.config, [
-        f"data.data_dir={WORK}", f"data.train_csv={subset.name}", f"data.test_csv={SHARED / 'dev_data.csv'}",
-        f"training.num_epochs={args.epochs}", f"training.output_dir={WORK / 'run'}", *args.overrides,
-    ])
+    train_rows, subset = training_sample(args.per_class)
+    config = load_config(args.config, [*real_data_overrides(subset, Path(args.run_dir)),
+                                       f"training.num_epochs={args.epochs}", *args.overrides])
     labels = [k for k, _ in sorted(config.data.label2id.items(), key=lambda kv: kv[1])]
     baseline_same = evaluate_baseline(train_rows.chunk_text, train_rows.frame_name, dev.chunk_text, dev.frame_name,
                                       labels)
@@ -63,8 +72,9 @@ def main() -> None:
     entry = {
         "name": args.name or f"{config.model.name} {len(train_rows)} chunks {args.epochs} ep lr {config.training.learning_rate:g}",
         "model": config.model.base_model,
+        "method": config.method,
         "train_chunks": len(train_rows),
-        "validation": "stratified 10% split of the training sample",
+        "validation": f"stratified {config.data.validation_fraction:.0%} split of the training sample",
         "epochs": args.epochs,
         "settings": {k: getattr(config.training, k) for k in ("learning_rate", "batch_size",
                      "gradient_accumulation_steps", "lora_r", "lora_alpha", "bf16")}

