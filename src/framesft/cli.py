@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a config value, e.g. --set training.learning_rate=3e-5 (repeatable)")
+                        help="override a config value, e.g. --set training.learning_rate=3e-5 or --set "
+                             "method=classification (repeatable)")
 
 
 def main(argv: list[str] | None = None) -> int:
