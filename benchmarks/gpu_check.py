@@ -35,7 +35,7 @@ from framesft.modeling import attach_lora, load_base_model
 from framesft.scoring import naive_label_scores
 from framesft.prompting import IGNORE_INDEX
 from framesft.heads import head_loss
-from framesft.training import answer_only_loss, train
+from framesft.training import answer_only_loss, full_sequence_loss, train
 
 REPO = Path(__file__).resolve().parents[1]
 FRAMES = ["Conflict", "Moral Value", "Economic", "Powerlessness", "Human Impact", "None"]
@@ -157,11 +157,6 @@ def seed_batch(vocab_size: int, batch: int, length: int, answer_tokens: int) -> 
     return {"input_ids": input_ids.cuda(), "attention_mask": torch.ones_like(input_ids).cuda(),
             "position_ids": torch.arange(length).expand(batch, -1).contiguous().cuda(), "labels": labels.cuda()}
 
-
-def full_sequence_loss(model, batch):
-    """What a stock causal-LM trainer does: logits over the whole sequence, loss on the answer tokens."""
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                 position_ids=batch["position_ids"], labels=batch["labels"], use_cache=False).loss
 
 
 def time_interleaved(model, optimizer, batch, loss_fns: dict, steps: int) -> dict:
