@@ -242,13 +242,24 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     except yaml.YAMLError:
         value = value_text
     if len(parts) == 1:
-        raw[parts[0]] = value
+        raw[top_level_key(parts[0], override)] = value
         return
     section, name = parts
     target = raw.setdefault(section, {})
     if not isinstance(target, dict):
         raise ConfigError(f"--set {override!r}: config section {section!r} is not a mapping")
     target[name] = value
+
+
+def top_level_key(key: str, override: str) -> str:
+    """A key without a section must be a top-level one (method); for a section's key, say which section."""
+    if key in FrameSFTConfig.model_fields:
+        return key
+    sections = [name for name, field in FrameSFTConfig.model_fields.items()
+                if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+                and key in field.annotation.model_fields]
+    example = f"{sections[0]}.{key}" if sections else "training.learning_rate"
+    raise ConfigError(f"--set {override!r}: write it as section.key=value, e.g. {example}=...")
 
 
 def validate_config(raw: dict[str, Any], source: str = "config") -> FrameSFTConfig:
