@@ -356,7 +356,10 @@ def train(config: FrameSFTConfig, run_dir: str | Path | None = None, overwrite: 
         if main:
             save_adapter(trainer.model, tokenizer, run_dir / ADAPTER_DIR)
             write_json(run_dir / "trainer_state.json", dataclasses.asdict(trainer.state))
-            classifier = Classifier(config, data.labels, trainer.model, tokenizer, builder)
+            # Without the trainer's mixed-precision wrapper: the run's final metrics are then the ones that
+            # `framesft evaluate` reproduces from the saved adapter, not a bf16-autocast variant of them.
+            final_model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+            classifier = Classifier(config, data.labels, final_model, tokenizer, builder)
             evaluate_and_summarise(result, classifier, data, trainer, show_progress)
         state.wait_for_everyone()
         return result
