@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from .config import FrameSFTConfig
 from .errors import FrameSFTError, RunFolderError, TrainingInterrupted
+from .heads import HeadCollator, encode_passage, head_loss
 from .inference import ADAPTER_DIR, CONFIG_FILE, LABEL_MAP_FILE, Classifier, evaluate_frame
 from .metrics import classification_metrics, headline
 from .modeling import attach_lora, load_base_model, load_tokenizer, resolve_model_path
@@ -33,7 +34,6 @@ from .prompting import IGNORE_INDEX, PromptBuilder
 from .report import render_report
 from .reporting import write_evaluation, write_json, write_text
 from .rundata import RunData, load_run_data
-from .heads import HeadCollator, encode_passage, head_loss
 from .scoring import pad_batch, positions_from_mask
 from .tracking import finish_tracking, log_final_metrics, start_tracking
 
@@ -294,7 +294,7 @@ def encode_frame(config: FrameSFTConfig, tokenizer, builder: PromptBuilder | Non
     examples = []
     for text, label in zip(data.train[text_column], data.train[label_column]):
         if builder is None:
-            examples.append({"input_ids": encode_passage(tokenizer, text, config.data.max_length),
+            examples.append({"input_ids": encode_input(config, tokenizer, None, text),
                              "labels": data.labels.index(label)})
         else:
             encoded = builder.encode_example(text, label)
