@@ -3,7 +3,15 @@ import json
 import pandas as pd
 import pytest
 
-from framesft.data import check_frame, check_overlap, read_table, stratified_split
+from framesft.data import (
+    check_frame,
+    check_near_duplicate_overlap,
+    check_overlap,
+    describe_near_duplicates,
+    near_duplicate_groups,
+    read_table,
+    stratified_split,
+)
 from framesft.errors import DataError
 
 from conftest import write_csv
@@ -118,3 +126,83 @@ def test_split_too_small_for_stratification_says_what_to_do():
     frame = pd.DataFrame({"chunk_text": ["a", "b", "c"], "frame_name": ["A", "A", "B"]})
     with pytest.raises(DataError, match=r"labels \['B'\] have fewer than 2 rows.*validation_csv"):
         stratified_split(frame, "frame_name", 0.2, seed=1)
+
+
+def _passage(seed: int, words: int = 80) -> str:
+    import random
+
+    vocabulary = ("trade deal border customs fishing farmers jobs parliament vote people rights treaty money "
+                  "market backstop ireland union europe agreement minister house debate families future").split()
+    rng = random.Random(seed)
+    return " ".join(rng.choice(vocabulary) + str(rng.randint(0, 99)) for _ in range(words))
+
+
+def _paraphrase(text: str, every: int) -> str:
+    """Change every `every`-th word: 5-word phrases survive only between the changes."""
+    return " ".join(w + "x" if i % every == 0 else w for i, w in enumerate(text.split()))
+
+
+def test_near_duplicate_groups_join_paraphrases_and_keep_distinct_passages_apart():
+    base, other = _passage(1), _passage(2)
+    close, loose = _paraphrase(base, every=10), _paraphrase(base, every=4)  # ~50% and 0% of phrases shared
+    groups = near_duplicate_groups([base, other, close, loose, _paraphrase(close, every=10)], threshold=0.3)
+    assert groups[0] == groups[2] == groups[4]  # transitively: the paraphrase of the paraphrase too
+    assert len({groups[0], groups[1], groups[3]}) == 3
+    assert len(set(near_duplicate_groups([base, close], threshold=0.6))) == 2  # the threshold is honoured
+
+
+def test_split_by_groups_never_puts_a_group_on_both_sides():
+    rows = []
+    for i in range(60):
+        base = _passage(i)
+        rows += [(base, "ABC"[i % 3]), (_paraphrase(base, every=10), "ABC"[i % 3])]
+    frame = pd.DataFrame(rows, columns=COLS)
+    groups = near_duplicate_groups(list(frame["chunk_text"]), 0.3)
+    assert len(set(groups)) == 60
+    train, validation = stratified_split(frame, "frame_name", 0.1, seed=3, groups=groups)
+    group_of = dict(zip(frame["chunk_text"], groups))
+    assert {group_of[t] for t in train["chunk_text"]}.isdisjoint({group_of[t] for t in validation["chunk_text"]})
+    assert len(validation) == 12 and sorted(set(validation["frame_name"])) == ["A", "B", "C"]
+    plain_train, plain_validation = stratified_split(frame, "frame_name", 0.1, seed=3)
+    assert not {group_of[t] for t in plain_train["chunk_text"]}.isdisjoint(
+        {group_of[t] for t in plain_validation["chunk_text"]})  # what the grouping prevents
+
+
+def test_near_duplicates_are_reported_in_the_file_and_across_files():
+    base = _passage(7)
+    train = pd.DataFrame([(base, "A"), (_paraphrase(base, every=10), "A"), (_passage(8), "B")], columns=COLS)
+    report = check_frame(train, "train.csv", *COLS, None)
+    describe_near_duplicates(near_duplicate_groups(list(train["chunk_text"]), 0.3), "train.csv", report)
+    assert [f.message for f in report.findings] == [
+        "2 texts have near-duplicates in the same file (paraphrases or overlapping passages; 1 groups, "
+        "e.g. rows 2, 3); a validation split keeps each group on one side so they cannot inflate validation scores"]
+    test = pd.DataFrame([(_passage(9), "A"), (_paraphrase(_passage(8), every=12), "B")], columns=COLS)
+    report = check_frame(test, "test.csv", *COLS, None)
+    check_near_duplicate_overlap(train, test, "test.csv", "chunk_text", 0.3, report)
+    assert len(report.findings) == 1 and "1 texts are near-duplicates of training texts" in report.findings[0].message
+    assert "row 3" in report.findings[0].message and report.findings[0].level == "warning"
+
+
+def test_run_data_split_keeps_paraphrases_together_unless_turned_off(tmp_path):
+    from framesft.config import load_config
+    from framesft.rundata import load_run_data
+
+    rows = []
+    for i in range(30):
+        base = _passage(100 + i)
+        rows += [(base, "AB"[i % 2]), (_paraphrase(base, every=10), "AB"[i % 2])]
+    write_csv(tmp_path / "train.csv", rows)
+    overrides = [f"data.data_dir={tmp_path}", "data.validation_fraction=0.2"]
+
+    grouped = load_run_data(load_config(None, overrides))
+    assert grouped.validation_source.endswith("near-duplicate groups kept on one side")
+    assert "60 texts have near-duplicates in the same file" in grouped.reports[0].findings[0].message
+
+    def stems(frame):  # a passage and its paraphrase share their second word (the first one is changed)
+        return {text.split()[1] for text in frame["chunk_text"]}
+
+    assert stems(grouped.train).isdisjoint(stems(grouped.validation)) and len(grouped.validation) == 12
+
+    plain = load_run_data(load_config(None, overrides + ["data.near_duplicate_threshold=null"]))
+    assert "near-duplicate" not in plain.validation_source and not plain.reports[0].findings
+    assert not stems(plain.train).isdisjoint(stems(plain.validation))

@@ -57,6 +57,9 @@ class DataSection(Section):
     # framesft additions
     validation_fraction: float = Field(0.1, gt=0, lt=1)
     split_seed: int = 42
+    # Paraphrases / overlapping windows: rows sharing this fraction of their 5-word phrases are one group,
+    # kept on one side of the validation split and reported; null turns the check off.
+    near_duplicate_threshold: float | None = Field(0.3, gt=0, le=1)
 
     @field_validator("label2id")
     @classmethod
