@@ -206,3 +206,12 @@ def test_run_data_split_keeps_paraphrases_together_unless_turned_off(tmp_path):
     plain = load_run_data(load_config(None, overrides + ["data.near_duplicate_threshold=null"]))
     assert "near-duplicate" not in plain.validation_source and not plain.reports[0].findings
     assert not stems(plain.train).isdisjoint(stems(plain.validation))
+
+
+def test_grouped_split_too_small_says_how_to_split_rows_instead():
+    base = _passage(5)
+    frame = pd.DataFrame([(base, "A"), (_paraphrase(base, every=10), "A"), (_passage(6), "B"), (_passage(7), "B")],
+                         columns=COLS)
+    groups = near_duplicate_groups(list(frame["chunk_text"]), 0.3)
+    with pytest.raises(DataError, match=r"labels \['A'\] have fewer than 2 groups.*near_duplicate_threshold: null"):
+        stratified_split(frame, "frame_name", 0.2, seed=1, groups=groups)

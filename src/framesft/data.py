@@ -327,6 +327,7 @@ def stratified_split(frame: pd.DataFrame, label_column: str, fraction: float, se
             f"cannot split a stratified validation set from {len(frame)} training rows: "
             + (f"labels {list(rare.index)} have fewer than 2 {unit}; " if len(rare) else "too few rows; ")
             + "provide data.validation_csv or add more examples"
+            + ("" if groups is None else " (or set data.near_duplicate_threshold: null to split rows, not groups)")
         )
     train_groups, validation_groups = train_test_split(
         list(group_labels.index), test_size=n_val, stratify=group_labels, random_state=seed)
