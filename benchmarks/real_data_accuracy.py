@@ -74,7 +74,8 @@ def main() -> None:
         "model": config.model.base_model,
         "method": config.method,
         "train_chunks": len(train_rows),
-        "validation": f"stratified {config.data.validation_fraction:.0%} split of the training sample",
+        "validation": json.loads((result.run_dir / "data_report.json").read_text())["validation_source"]
+                      .replace(str(WORK), "benchmarks/work"),
         "epochs": args.epochs,
         "settings": {k: getattr(config.training, k) for k in ("learning_rate", "batch_size",
                      "gradient_accumulation_steps", "lora_r", "lora_alpha", "bf16")}
