@@ -321,13 +321,14 @@ def stratified_split(frame: pd.DataFrame, label_column: str, fraction: float, se
     n_classes = len(counts)
     n_val = max(n_classes, round(len(group_labels) * fraction))
     rare = counts[counts < 2]
-    unit = "rows" if groups is None else "groups of near-duplicate rows"
+    grouped = len(group_labels) < len(frame)  # some rows share a group
+    unit = "groups of near-duplicate rows" if grouped else "rows"
     if len(rare) or n_val >= len(group_labels) - n_classes + 1:
         raise DataError(
             f"cannot split a stratified validation set from {len(frame)} training rows: "
             + (f"labels {list(rare.index)} have fewer than 2 {unit}; " if len(rare) else "too few rows; ")
             + "provide data.validation_csv or add more examples"
-            + ("" if groups is None else " (or set data.near_duplicate_threshold: null to split rows, not groups)")
+            + (" (or set data.near_duplicate_threshold: null to split rows, not groups)" if grouped else "")
         )
     train_groups, validation_groups = train_test_split(
         list(group_labels.index), test_size=n_val, stratify=group_labels, random_state=seed)
