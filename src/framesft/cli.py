@@ -231,15 +231,8 @@ def command_baseline(args) -> int:
 
 def command_data_check(args) -> int:
     from .config import load_config
-    from .data import (
-        check_frame,
-        check_lengths,
-        check_near_duplicate_overlap,
-        check_overlap,
-        describe_near_duplicates,
-        near_duplicate_groups,
-        read_table,
-    )
+    from .data import (check_frame, check_lengths, check_near_duplicate_overlap, check_overlap, read_table,
+                       report_near_duplicates)
 
     config = load_config(args.config, args.overrides)
     text_column = args.text_column or config.data.text_column
@@ -266,12 +259,10 @@ def command_data_check(args) -> int:
         threshold = config.data.near_duplicate_threshold
         if train is None:
             train = frame
-            if threshold is not None:
-                describe_near_duplicates(near_duplicate_groups(list(frame[text_column]), threshold), path, report)
+            report_near_duplicates(frame, path, text_column, threshold, report)
         else:
             check_overlap(train, frame, path, text_column, report)
-            if threshold is not None:
-                check_near_duplicate_overlap(train, frame, path, text_column, threshold, report)
+            check_near_duplicate_overlap(train, frame, path, text_column, threshold, report)
         if builder is not None:
             check_lengths(frame[text_column], builder.count_tokens, builder.max_text_tokens, path, report)
         print_report(report)

@@ -232,8 +232,10 @@ def check_overlap(train: pd.DataFrame, other: pd.DataFrame, other_path: str, tex
 
 
 def check_near_duplicate_overlap(train: pd.DataFrame, other: pd.DataFrame, other_path: str, text_column: str,
-                                 threshold: float, report: DataReport) -> None:
+                                 threshold: float | None, report: DataReport) -> None:
     """Softer leakage: paraphrases or overlapping windows of training passages in a validation/test file."""
+    if threshold is None:
+        return
     texts = list(train[text_column]) + list(other[text_column])
     groups = near_duplicate_groups(texts, threshold)
     train_groups = set(groups[: len(train)])
@@ -288,6 +290,16 @@ def near_duplicate_groups(texts: Sequence[str], threshold: float) -> list[int]:
     close = shared.data >= threshold * np.minimum(sizes[shared.row], sizes[shared.col])
     links = coo_matrix((np.ones(close.sum()), (shared.row[close], shared.col[close])), shape=shared.shape)
     return connected_components(links, directed=False)[1].tolist()
+
+
+def report_near_duplicates(frame: pd.DataFrame, path: str, text_column: str, threshold: float | None,
+                           report: DataReport) -> list[int] | None:
+    """Group the file's near-duplicates and report them; None when the check is off (threshold None)."""
+    if threshold is None:
+        return None
+    groups = near_duplicate_groups(list(frame[text_column]), threshold)
+    describe_near_duplicates(groups, path, report)
+    return groups
 
 
 def describe_near_duplicates(groups: list[int], path: str, report: DataReport) -> None:

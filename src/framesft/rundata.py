@@ -15,9 +15,8 @@ from .data import (
     check_lengths,
     check_near_duplicate_overlap,
     check_overlap,
-    describe_near_duplicates,
-    near_duplicate_groups,
     read_table,
+    report_near_duplicates,
     stratified_split,
 )
 from .errors import DataError
@@ -60,17 +59,16 @@ def load_run_data(config: FrameSFTConfig, count_tokens=None, max_text_tokens: in
         train_report.add("error", f"the training file has only one class {list(train_report.label_counts)}; "
                                   "a classifier needs at least two")
     reports = [train_report]
-    groups = None
-    if data.near_duplicate_threshold is not None:
-        groups = near_duplicate_groups(list(train[data.text_column]), data.near_duplicate_threshold)
-        describe_near_duplicates(groups, str(train_path), train_report)
+    groups = report_near_duplicates(train, str(train_path), data.text_column, data.near_duplicate_threshold,
+                                    train_report)
 
     if data.validation_csv:
         validation_path = data.path("validation_csv")
         validation = read_table(validation_path, columns)
         reports.append(check_frame(validation, str(validation_path), *columns, labels))
         check_overlap(train, validation, str(validation_path), data.text_column, reports[-1])
-        check_near_duplicates(train, validation, str(validation_path), config, reports[-1])
+        check_near_duplicate_overlap(train, validation, str(validation_path), data.text_column,
+                                     data.near_duplicate_threshold, reports[-1])
         validation_source = str(validation_path)
     else:
         validation = None
@@ -84,7 +82,8 @@ def load_run_data(config: FrameSFTConfig, count_tokens=None, max_text_tokens: in
         test = read_table(test_path, columns)
         reports.append(check_frame(test, str(test_path), *columns, labels))
         check_overlap(train, test, str(test_path), data.text_column, reports[-1])
-        check_near_duplicates(train, test, str(test_path), config, reports[-1])
+        check_near_duplicate_overlap(train, test, str(test_path), data.text_column,
+                                     data.near_duplicate_threshold, reports[-1])
 
     if count_tokens is not None and max_text_tokens is not None:
         for report, frame in zip(reports, [train, validation, test]):
@@ -99,13 +98,6 @@ def load_run_data(config: FrameSFTConfig, count_tokens=None, max_text_tokens: in
     if missing:
         log.warning("validation data has no examples of %s; their F1 counts as 0 in the macro average", missing)
     return RunData(labels, train, validation, test, reports, validation_source)
-
-
-def check_near_duplicates(train: pd.DataFrame, other: pd.DataFrame, other_path: str, config: FrameSFTConfig,
-                          report: DataReport) -> None:
-    if config.data.near_duplicate_threshold is not None:
-        check_near_duplicate_overlap(train, other, other_path, config.data.text_column,
-                                     config.data.near_duplicate_threshold, report)
 
 
 def raise_on_errors(reports: list[DataReport]) -> None:
