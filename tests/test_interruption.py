@@ -65,12 +65,14 @@ def test_sigkill_after_first_checkpoint_then_resume_matches_uninterrupted_run(tr
 
 def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(tiny_model_dir, tmp_path):
     run_dir = tmp_path / "terminated"
-    config = tiny_config(tiny_model_dir, run_dir, num_epochs=50)  # long enough to be stopped mid-epoch
+    # far longer than the test, and no early stopping: the tiny run could otherwise end before the signal
+    config = tiny_config(tiny_model_dir, run_dir, num_epochs=500, early_stopping_patience="null")
     config_path = tmp_path / "config.yaml"
     config_path.write_text(config.to_yaml())
     process = start_training(config_path, run_dir)
-    assert wait_for(lambda: (run_dir / "train.log").is_file() and "LoRA" in (run_dir / "train.log").read_text()
-                    or process.poll() is not None)
+    assert wait_for(lambda: (run_dir / "train.log").is_file()
+                    and "SIGTERM saves a checkpoint" in (run_dir / "train.log").read_text()
+                    or process.poll() is not None)  # the handler is installed (waiting for "LoRA" raced it)
     time.sleep(2)  # a few optimizer steps in
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=300)

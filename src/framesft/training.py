@@ -497,6 +497,7 @@ def run_training(trainer, graceful_stop, checkpoint_dir: Path, run_dir: Path, re
             validate_checkpoint(last_checkpoint)
     start = time.perf_counter()
     graceful_stop.install()
+    log.info("training started: Ctrl-C or SIGTERM saves a checkpoint after the current step and stops")
     try:
         trainer.train(resume_from_checkpoint=last_checkpoint)
     finally:
