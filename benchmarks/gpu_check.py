@@ -34,8 +34,9 @@ from framesft.inference import load_classifier
 from framesft.modeling import attach_lora, load_base_model
 from framesft.scoring import naive_label_scores
 from framesft.prompting import IGNORE_INDEX
-from framesft.heads import head_loss
-from framesft.training import answer_only_loss, full_sequence_loss, train
+from framesft.methods.classification import head_loss
+from framesft.methods.sft import answer_only_loss, full_sequence_loss
+from framesft.training import train
 
 REPO = Path(__file__).resolve().parents[1]
 FRAMES = ["Conflict", "Moral Value", "Economic", "Powerlessness", "Human Impact", "None"]
@@ -101,10 +102,10 @@ def scorer_matches_naive(run_dir: Path, dtype: str) -> dict:
     classifier.model.to(getattr(torch, dtype))
     texts = pd.read_csv(REPO / "src/framesft/resources/sample_data/test.csv", dtype=str,
                         keep_default_na=False)["chunk_text"].tolist()
-    prompts = [classifier.builder.encode_prompt(text) for text in texts]
+    prompts = [classifier.method.prompt.encode_prompt(text) for text in texts]
     scorer = classifier.scorer()
     fast = scorer.score_prompts(prompts).scores
-    naive = naive_label_scores(classifier.model, classifier.builder, prompts)
+    naive = naive_label_scores(classifier.model, classifier.method.prompt, prompts)
     return {
         "dtype": dtype,
         "device": str(scorer.device),

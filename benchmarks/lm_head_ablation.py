@@ -25,7 +25,8 @@ import torch
 from framesft.config import load_config
 from framesft.modeling import attach_lora, load_base_model, load_tokenizer, resolve_model_path
 from framesft.prompting import PromptBuilder
-from framesft.training import AnswerOnlyCollator, answer_only_loss, cpu_supports_bf16, full_sequence_loss
+from framesft.methods.sft import AnswerOnlyCollator, answer_only_loss, full_sequence_loss
+from framesft.modeling import cpu_supports_bf16
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "brexit"

@@ -23,7 +23,7 @@ SIZES = [10_000, 100_000]
 
 CHILD = """
 import resource, sys, time
-from framesft.inference import predict_corpus
+from framesft.corpus import predict_corpus
 start = time.perf_counter()
 n = predict_corpus(sys.argv[1], sys.argv[2], sys.argv[3], id_column="chunk_id", chunk_rows=1000, show_progress=False)
 print("RESULT", n, time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)

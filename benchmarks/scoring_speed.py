@@ -30,7 +30,7 @@ import torch
 from framesft.config import FrameSFTConfig, load_config
 from framesft.modeling import load_base_model, load_tokenizer, pick_device, resolve_model_path
 from framesft.prompting import PromptBuilder
-from framesft.scoring import LabelScorer, left_pad, naive_label_scores, positions_from_mask, token_budget_batches
+from framesft.scoring import LabelScorer, naive_label_scores, pad_batch, positions_from_mask, token_budget_batches
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "brexit"
@@ -75,7 +75,7 @@ def floor_pass(model, prompts, pad_id, token_budget, max_batch):
     body = model.get_decoder()
     with torch.inference_mode():
         for batch in token_budget_batches([len(p) for p in prompts], token_budget, max_batch):
-            ids, mask = left_pad([prompts[i] for i in batch], pad_id, model.device)
+            ids, mask = pad_batch([prompts[i] for i in batch], pad_id, "left", model.device)
             body(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), use_cache=False)
 
 
@@ -85,7 +85,7 @@ def generate_labels(model, tokenizer, builder, prompts, token_budget, max_batch)
     outputs = [""] * len(prompts)
     with torch.inference_mode():
         for batch in token_budget_batches([len(p) for p in prompts], token_budget, max_batch):
-            ids, mask = left_pad([prompts[i] for i in batch], tokenizer.pad_token_id, model.device)
+            ids, mask = pad_batch([prompts[i] for i in batch], tokenizer.pad_token_id, "left", model.device)
             generated = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False,
                                        pad_token_id=tokenizer.pad_token_id)
             for row, index in enumerate(batch):

@@ -68,8 +68,10 @@ def common_args(steps: int, out: Path) -> dict:
 def run_ours(steps: int, n: int, out: Path) -> dict:
     from transformers import TrainingArguments
 
-    from framesft.modeling import attach_lora, load_base_model, resolve_model_path
-    from framesft.training import AnswerOnlyCollator, cpu_supports_bf16, make_trainer_class
+    from framesft.methods import build_method
+    from framesft.methods.sft import AnswerOnlyCollator
+    from framesft.modeling import attach_lora, cpu_supports_bf16, load_base_model, resolve_model_path
+    from framesft.training import LabelTrainer
 
     config, tokenizer, examples = encoded_examples(n)
     import torch
@@ -79,8 +81,9 @@ def run_ours(steps: int, n: int, out: Path) -> dict:
     counter = TokenCounter(AnswerOnlyCollator(tokenizer.pad_token_id))
     args = TrainingArguments(**common_args(steps, out), bf16=cpu_supports_bf16(), remove_unused_columns=False,
                              train_sampling_strategy="group_by_length")
-    trainer = make_trainer_class()(model=model, args=args, data_collator=counter,
-                                   train_dataset=[{"input_ids": e.input_ids, "labels": e.labels} for e in examples])
+    trainer = LabelTrainer(model=model, args=args, data_collator=counter,
+                           train_dataset=[{"input_ids": e.input_ids, "labels": e.labels} for e in examples],
+                           method=build_method(config, tokenizer, LABELS), validate=lambda model: {})
     return timed_train(trainer, counter, args.bf16)
 
 

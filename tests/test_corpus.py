@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from framesft.errors import FrameSFTError
-from framesft.inference import predict_corpus
+from framesft.corpus import predict_corpus
 
 from conftest import FRAMES, SAMPLE_DATA
 
@@ -129,6 +129,6 @@ def test_exported_merged_model_scores_like_the_adapter(trained_run, tmp_path):
     classifier = load_classifier(trained_run.run_dir)
     texts = corpus_frame(12)["chunk_text"].tolist()
     adapter_scores = classifier.scorer().score_texts(texts).scores
-    merged_scores = LabelScorer(merged, classifier.builder).score_texts(texts).scores
+    merged_scores = LabelScorer(merged, classifier.method.prompt).score_texts(texts).scores
     np.testing.assert_allclose(merged_scores, adapter_scores, atol=1e-4)
     assert json.loads((tmp_path / "merged" / "label_map.json").read_text())["label2id"]

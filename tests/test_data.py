@@ -3,15 +3,15 @@ import json
 import pandas as pd
 import pytest
 
-from framesft.data import (
-    check_frame,
+from framesft.checks import (
     check_near_duplicate_overlap,
     check_overlap,
+    check_table,
     describe_near_duplicates,
     near_duplicate_groups,
-    read_table,
-    stratified_split,
 )
+from framesft.dataset import stratified_split
+from framesft.tables import read_table
 from framesft.errors import DataError
 
 from conftest import write_csv
@@ -92,7 +92,7 @@ def test_check_reports_rows_of_every_problem(tmp_path):
         ("Order, order.", " none "),                # row 9: case/space variant
     ]
     frame = read_table(write_csv(tmp_path / "t.csv", rows), COLS)
-    report = check_frame(frame, "t.csv", *COLS, ["Conflict", "Economic", "Moral Value", "None"])
+    report = check_table(frame, "t.csv", *COLS, ["Conflict", "Economic", "Moral Value", "None"])
     messages = {f.level + ": " + f.message for f in report.findings}
     text = "\n".join(sorted(messages))
     assert "error: 1 empty or whitespace-only texts in column 'chunk_text' (row 3)" in text
@@ -108,7 +108,7 @@ def test_check_reports_rows_of_every_problem(tmp_path):
 def test_leakage_between_train_and_test(tmp_path):
     train = pd.DataFrame({"chunk_text": ["a", "b"], "frame_name": ["None", "Economic"]})
     test = pd.DataFrame({"chunk_text": ["c", "b"], "frame_name": ["None", "Economic"]})
-    report = check_frame(test, "test.csv", *COLS, None)
+    report = check_table(test, "test.csv", *COLS, None)
     check_overlap(train, test, "test.csv", "chunk_text", report)
     assert any("also appear in the training file" in f.message and "row 3" in f.message for f in report.errors)
 
@@ -171,13 +171,13 @@ def test_split_by_groups_never_puts_a_group_on_both_sides():
 def test_near_duplicates_are_reported_in_the_file_and_across_files():
     base = _passage(7)
     train = pd.DataFrame([(base, "A"), (_paraphrase(base, every=10), "A"), (_passage(8), "B")], columns=COLS)
-    report = check_frame(train, "train.csv", *COLS, None)
+    report = check_table(train, "train.csv", *COLS, None)
     describe_near_duplicates(near_duplicate_groups(list(train["chunk_text"]), 0.3), "train.csv", report)
     assert [f.message for f in report.findings] == [
         "2 texts have near-duplicates in the same file (paraphrases or overlapping passages; 1 groups, "
         "e.g. rows 2, 3); a validation split keeps each group on one side so they cannot inflate validation scores"]
     test = pd.DataFrame([(_passage(9), "A"), (_paraphrase(_passage(8), every=12), "B")], columns=COLS)
-    report = check_frame(test, "test.csv", *COLS, None)
+    report = check_table(test, "test.csv", *COLS, None)
     check_near_duplicate_overlap(train, test, "test.csv", "chunk_text", 0.3, report)
     assert len(report.findings) == 1 and "1 texts are near-duplicates of training texts" in report.findings[0].message
     assert "row 3" in report.findings[0].message and report.findings[0].level == "warning"
@@ -185,7 +185,7 @@ def test_near_duplicates_are_reported_in_the_file_and_across_files():
 
 def test_run_data_split_keeps_paraphrases_together_unless_turned_off(tmp_path):
     from framesft.config import load_config
-    from framesft.rundata import load_run_data
+    from framesft.dataset import load_run_data
 
     rows = []
     for i in range(30):

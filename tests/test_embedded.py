@@ -3,7 +3,8 @@
 import pytest
 
 from framesft.config import FrameSFTConfig
-from framesft.inference import evaluate_frame, load_zero_shot
+from framesft.evaluation import evaluate_texts
+from framesft.inference import load_zero_shot
 
 from conftest import FRAMES
 
@@ -17,7 +18,7 @@ def test_embedded_default_predicts_valid_labels():
     texts = ["Tariffs of ten per cent would make our car plants uncompetitive.",
              "I beg to move that the Bill be now read a Second time.",
              "A nurse from Portugal told me she lies awake worrying whether she can stay."]
-    metrics, predictions = evaluate_frame(classifier, texts, ["Economic", "None", "Human Impact"],
+    metrics, predictions = evaluate_texts(classifier, texts, ["Economic", "None", "Human Impact"],
                                           show_progress=False)
     assert set(predictions["predicted"]) <= set(FRAMES)
     assert metrics["n"] == 3
@@ -39,9 +40,9 @@ def test_embedded_gemma_is_assembled_from_its_packages_and_scores_exactly():
     assert classifier.model.config.vocab_size > 200_000
     texts = ["Tariffs of ten per cent would make our car plants uncompetitive.",
              "I beg to move that the Bill be now read a Second time."]
-    prompts = [classifier.builder.encode_prompt(text) for text in texts]
+    prompts = [classifier.method.prompt.encode_prompt(text) for text in texts]
     fast = classifier.scorer().score_prompts(prompts).scores
-    naive = naive_label_scores(classifier.model, classifier.builder, prompts)
+    naive = naive_label_scores(classifier.model, classifier.method.prompt, prompts)
     assert abs(fast - naive).max() < 1e-3
     assert (fast.argmax(axis=1) == naive.argmax(axis=1)).all()
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from framesft.report import bootstrap_intervals
+from framesft.statistics import bootstrap_intervals
 
 LABELS = ["A", "B", "C"]
 

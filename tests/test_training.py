@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from framesft.inference import load_classifier, predict_texts
-from framesft.training import AnswerOnlyCollator, answer_only_loss, full_sequence_loss, train
+from framesft.methods.sft import AnswerOnlyCollator, answer_only_loss, full_sequence_loss
+from framesft.training import train
 
 from conftest import FRAMES, SAMPLE_DATA, tiny_config
 
@@ -124,7 +125,7 @@ def test_in_memory_classifier_matches_reloaded_run(trained_run):
 
 def test_bf16_run_writes_the_metrics_its_adapter_reproduces(tiny_model_dir, tmp_path):
     """bf16 autocast trains, but the final metrics are computed without the trainer's autocast wrapper."""
-    from framesft.training import cpu_supports_bf16
+    from framesft.modeling import cpu_supports_bf16
 
     if not cpu_supports_bf16():
         pytest.skip("this CPU has no native bf16, so training runs in fp32 and there is no autocast to leave")

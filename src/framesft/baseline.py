@@ -40,22 +40,16 @@ def evaluate_baseline(train_texts, train_labels, test_texts, test_labels, labels
 def run_baseline(config, data_path=None) -> dict:
     """The baseline on a config's data: fit on its training rows, score the given file (default: the test file,
     else the validation set). Returns metrics keyed by the evaluated split."""
-    from .data import check_frame, read_table
-    from .errors import DataError
-    from .rundata import load_run_data
+    from .dataset import load_run_data, read_labelled_file
 
     data = load_run_data(config)
     text, label = config.data.text_column, config.data.label_column
     if data_path is not None:
-        frame = read_table(data_path, [text, label])
-        report = check_frame(frame, str(data_path), text, label, data.labels)
-        if report.errors:
-            raise DataError("\n".join(f"{report.path}: {f.message}" for f in report.errors))
-        split = str(data_path)
+        table, split = read_labelled_file(data_path, config.data, data.labels), str(data_path)
     elif data.test is not None:
-        frame, split = data.test, "test"
+        table, split = data.test, "test"
     else:
-        frame, split = data.validation, "validation"
-    metrics = evaluate_baseline(data.train[text], data.train[label], frame[text], frame[label], data.labels,
+        table, split = data.validation, "validation"
+    metrics = evaluate_baseline(data.train[text], data.train[label], table[text], table[label], data.labels,
                                 config.training.seed)
     return {"split": split, "train_rows": len(data.train), "metrics": metrics}

@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder written by `framesft train`")
     p.add_argument("--data", required=True, help="CSV/JSONL/Parquet file with text and label columns")
     p.add_argument("--output-dir", help="where to write results (default: RUN/eval_<file name>)")
+    add_file_format(p, "the run's data.encoding", "the run's data.delimiter")
 
     p = commands.add_parser("predict", help="label new text with a trained run")
     p.add_argument("run", help="run folder written by `framesft train`")
@@ -59,12 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--query", help="DuckDB input: a table name or SELECT statement")
     p.add_argument("--chunk-rows", type=int, default=1000,
                    help="rows per chunk; each finished chunk is saved, so a rerun resumes after it (default 1000)")
+    add_file_format(p, "the run's data.encoding", "the run's data.delimiter")
 
     p = commands.add_parser("compare", help="evaluate several runs on the same data, with paired statistics")
     p.add_argument("runs", nargs="+", help="run folders")
     p.add_argument("--data", required=True, help="labelled file every run is scored on")
     p.add_argument("--output-dir", default="comparison", help="where comparison.{md,html,json} go")
     p.add_argument("--baseline", action="store_true", help="add the TF-IDF baseline trained on the first run's data")
+    add_file_format(p, "the first run's data.encoding", "the first run's data.delimiter")
 
     p = commands.add_parser("baseline", help="TF-IDF + logistic regression on a config's data (the lexical floor)")
     p.add_argument("config", help="YAML config file (its data section is used)")
@@ -87,16 +90,25 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--text-column", help="override data.text_column")
     check.add_argument("--label-column", help="override data.label_column")
     check.add_argument("--labels", help="comma-separated label set (default: config label2id, else the data)")
+    add_file_format(check, "data.encoding, utf-8", "data.delimiter, by suffix")
 
     p = commands.add_parser("demo", help="fine-tune the embedded model on the bundled sample data")
     p.add_argument("--run-dir", default="runs/demo", help="run folder (default: runs/demo)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     add_overrides(p)
 
-    p = commands.add_parser("config", help="print the resolved config (defaults filled in, overrides applied)")
+    p = commands.add_parser("config", help="print the resolved config, or every key explained (--explain)")
     p.add_argument("config", nargs="?", help="YAML config file (default: all defaults)")
     add_overrides(p)
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--explain", action="store_true", help="every key with its type, default and description")
+    shown.add_argument("--markdown", action="store_true", help="the same as a Markdown table (the README's)")
     return parser
+
+
+def add_file_format(parser: argparse.ArgumentParser, encoding_default: str, delimiter_default: str) -> None:
+    parser.add_argument("--encoding", help=f"text encoding of CSV/TSV files, e.g. cp1252 (default: {encoding_default})")
+    parser.add_argument("--delimiter", help=f"field separator of CSV/TSV files, e.g. ';' (default: {delimiter_default})")
 
 
 def add_overrides(parser: argparse.ArgumentParser) -> None:
@@ -123,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 def setup_logging(debug: bool) -> None:
     from rich.logging import RichHandler
 
-    from .reporting import console
+    from .terminal import console
 
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(message)s",
                         handlers=[RichHandler(console=console, show_path=debug, rich_tracebacks=debug)], force=True)
@@ -151,11 +163,12 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "compare":
         from .compare import compare_runs
 
-        result = compare_runs(args.runs, args.data, args.output_dir, args.baseline, show_progress)
+        result = compare_runs(args.runs, args.data, args.output_dir, args.baseline, show_progress, args.encoding,
+                              args.delimiter)
         print(result["markdown"])
         return 0
     if args.command == "export":
-        from .inference import export_merged
+        from .export import export_merged
 
         print(f"merged model written to {export_merged(args.run, args.output)}", file=sys.stderr)
         return 0
@@ -167,16 +180,13 @@ def dispatch(args: argparse.Namespace) -> int:
         run_demo(args.run_dir, overwrite=args.overwrite, overrides=args.overrides, show_progress=show_progress)
         return 0
     if args.command == "config":
-        from .config import load_config
-
-        print(load_config(args.config, args.overrides).to_yaml(), end="")
-        return 0
+        return command_config(args)
     raise AssertionError(args.command)
 
 
 def command_train(args, show_progress: bool) -> int:
     from .config import load_config
-    from .reporting import console, metrics_table
+    from .terminal import console, metrics_table
     from .training import train
 
     config = load_config(args.config, args.overrides)
@@ -188,10 +198,10 @@ def command_train(args, show_progress: bool) -> int:
 
 
 def command_evaluate(args, show_progress: bool) -> int:
-    from .inference import evaluate_run
-    from .reporting import console, metrics_table, per_class_table
+    from .evaluation import evaluate_run
+    from .terminal import console, metrics_table, per_class_table
 
-    metrics = evaluate_run(args.run, args.data, args.output_dir, show_progress)
+    metrics = evaluate_run(args.run, args.data, args.output_dir, show_progress, args.encoding, args.delimiter)
     console.print(per_class_table(metrics, f"{args.data}: per class"))
     console.print(metrics_table({Path(args.run).name: metrics}, f"{args.data} ({metrics['n']} passages)"))
     console.print(f"results written to {metrics['output_dir']}")
@@ -199,8 +209,8 @@ def command_evaluate(args, show_progress: bool) -> int:
 
 
 def command_predict(args, show_progress: bool) -> int:
-    from .errors import FrameSFTError
-    from .inference import load_classifier, predict_corpus, predict_texts
+    from .corpus import predict_corpus
+    from .inference import load_classifier, predict_texts
 
     if args.text:
         frame = predict_texts(load_classifier(args.run), args.text)
@@ -209,7 +219,7 @@ def command_predict(args, show_progress: bool) -> int:
     if not args.output:
         raise FrameSFTError("predict --input needs --output FILE (.csv or .parquet)")
     n = predict_corpus(args.run, args.input, args.output, args.text_column, args.id_column, args.query,
-                       args.chunk_rows, show_progress)
+                       args.chunk_rows, show_progress, args.encoding, args.delimiter)
     if n is not None:
         print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
     return 0
@@ -218,7 +228,8 @@ def command_predict(args, show_progress: bool) -> int:
 def command_baseline(args) -> int:
     from .baseline import run_baseline
     from .config import load_config
-    from .reporting import console, metrics_table, per_class_table, write_json
+    from .runfolder import write_json
+    from .terminal import console, metrics_table, per_class_table
 
     result = run_baseline(load_config(args.config, args.overrides), args.data)
     console.print(per_class_table(result["metrics"], f"TF-IDF baseline on {result['split']}: per class"))
@@ -230,63 +241,60 @@ def command_baseline(args) -> int:
 
 
 def command_data_check(args) -> int:
+    """The checks every run's data goes through, on any files; the passage-length check needs the tokenizer
+    of the config's model and is skipped, saying why, when it cannot be loaded."""
+    from .checks import check_lengths, check_tables
     from .config import load_config
-    from .data import (check_frame, check_lengths, check_near_duplicate_overlap, check_overlap, read_table,
-                       report_near_duplicates)
+    from .tables import read_table
+    from .terminal import console, print_data_report
 
     config = load_config(args.config, args.overrides)
-    text_column = args.text_column or config.data.text_column
-    label_column = args.label_column or config.data.label_column
-    labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
-    if labels is None and config.data.label2id:
-        labels = [k for k, _ in sorted(config.data.label2id.items(), key=lambda kv: kv[1])]
-    builder = None
+    data = config.data.with_format(args.encoding, args.delimiter)
+    text_column = args.text_column or data.text_column
+    label_column = args.label_column or data.label_column
+    labels = [s.strip() for s in args.labels.split(",")] if args.labels else data.labels_in_order()
+    tables = [(path, read_table(path, [text_column, label_column], data.encoding, data.delimiter))
+              for path in args.files]
+    reports, labels, _ = check_tables(tables, text_column, label_column, labels, data.num_labels,
+                                      data.near_duplicate_threshold)
+    method = None
     if args.config:
+        from .errors import FrameSFTError
+        from .methods import build_method
         from .modeling import load_tokenizer, resolve_model_path
-        from .prompting import PromptBuilder
 
-        tokenizer = load_tokenizer(resolve_model_path(config.model.base_model), config.model.trust_remote_code)
-        frames_labels = labels or sorted(set(read_table(args.files[0], [label_column])[label_column].str.strip()))
-        builder = PromptBuilder(tokenizer, frames_labels, config.prompt, config.data.max_length)
-
-    failed = False
-    train = None
-    for path in args.files:
-        frame = read_table(path, [text_column, label_column])
-        report = check_frame(frame, path, text_column, label_column, labels)
-        if labels is None:
-            labels = sorted(report.label_counts)
-        threshold = config.data.near_duplicate_threshold
-        if train is None:
-            train = frame
-            report_near_duplicates(frame, path, text_column, threshold, report)
-        else:
-            check_overlap(train, frame, path, text_column, report)
-            check_near_duplicate_overlap(train, frame, path, text_column, threshold, report)
-        if builder is not None:
-            check_lengths(frame[text_column], builder.count_tokens, builder.max_text_tokens, path, report)
-        print_report(report)
-        failed = failed or bool(report.errors)
-    return 1 if failed else 0
+        try:
+            tokenizer = load_tokenizer(resolve_model_path(config.model.base_model), config.model.trust_remote_code)
+            method = build_method(config, tokenizer, labels)
+        except FrameSFTError as exc:
+            skipped = f"skipped the passage-length check (it needs the model's tokenizer): {exc}"
+    for report, (path, table) in zip(reports, tables):
+        if method is not None:
+            check_lengths(table[text_column], method.count_tokens, method.max_text_tokens, path, report)
+        print_data_report(report)
+    if args.config and method is None:
+        console.print(f"[yellow]note[/yellow]: {skipped}")
+    return 1 if any(report.errors for report in reports) else 0
 
 
-def print_report(report) -> None:
-    from rich.table import Table
+def command_config(args) -> int:
+    from .config import describe_keys, keys_markdown_table, load_config
 
-    from .reporting import console
+    if args.markdown:
+        print(keys_markdown_table(), end="")
+    elif args.explain:
+        from rich.console import Console
+        from rich.table import Table
 
-    console.print(f"[bold]{report.path}[/bold]: {report.rows} rows")
-    table = Table()
-    table.add_column("label")
-    table.add_column("rows", justify="right")
-    for label, count in report.label_counts.items():
-        table.add_row(label, str(count))
-    console.print(table)
-    for finding in report.findings:
-        style = "red" if finding.level == "error" else "yellow"
-        console.print(f"[{style}]{finding.level}[/{style}]: {finding.message}")
-    if not report.findings:
-        console.print("[green]no problems found[/green]")
+        table = Table(title="framesft config keys", show_lines=False)
+        for column in ("key", "type", "default", "description"):
+            table.add_column(column, overflow="fold")
+        for row in describe_keys():
+            table.add_row(row["key"], row["type"], row["default"], row["description"])
+        Console().print(table)
+    else:
+        print(load_config(args.config, args.overrides).to_yaml(), end="")
+    return 0
 
 
 if __name__ == "__main__":

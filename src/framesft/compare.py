@@ -8,45 +8,23 @@ from __future__ import annotations
 
 import html
 import itertools
-import json
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-from scipy.stats import binomtest
-
 from .baseline import tfidf_baseline
-from .config import load_config
-from .data import check_frame, read_table
+from .dataset import load_run_data, read_labelled_file
 from .errors import DataError
-from .inference import CONFIG_FILE, load_classifier
+from .inference import load_classifier
 from .metrics import classification_metrics
-from .report import resample_indices, resampled_metrics
-from .reporting import write_json, write_text
-from .rundata import load_run_data
-
-
-def paired_comparison(y_true, pred_a, pred_b, labels, n_resamples: int = 2000, seed: int = 0) -> dict:
-    samples = resample_indices(len(y_true), n_resamples, seed)
-    diff = (resampled_metrics(y_true, pred_a, labels, samples)["f1_macro"]
-            - resampled_metrics(y_true, pred_b, labels, samples)["f1_macro"])
-    truth = np.array(y_true)
-    right_a, right_b = np.array(pred_a) == truth, np.array(pred_b) == truth
-    only_a, only_b = int((right_a & ~right_b).sum()), int((~right_a & right_b).sum())
-    p_value = binomtest(min(only_a, only_b), only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
-    point = (classification_metrics(y_true, pred_a, labels)["f1_macro"]
-             - classification_metrics(y_true, pred_b, labels)["f1_macro"])
-    return {"f1_macro_difference": point,
-            "ci95": (float(np.percentile(diff, 2.5)), float(np.percentile(diff, 97.5))),
-            "only_a_correct": only_a, "only_b_correct": only_b, "mcnemar_p": float(p_value)}
+from .runfolder import (SUMMARY_FILE, TRAINER_STATE_FILE, read_json, read_label_map, read_run_config, write_json,
+                        write_text)
+from .statistics import paired_comparison
 
 
 def run_facts(run_dir: Path) -> dict:
-    summary_path = run_dir / "run_summary.json"
-    if not summary_path.is_file():
+    summary = read_json(run_dir / SUMMARY_FILE)
+    if not summary:
         return {}
-    summary = json.loads(summary_path.read_text())
-    state = json.loads((run_dir / "trainer_state.json").read_text()) if (run_dir / "trainer_state.json").is_file() else {}
+    state = read_json(run_dir / TRAINER_STATE_FILE)
     epochs = state.get("epoch") or 0
     tokens = summary.get("train_tokens_per_epoch", 0) * epochs
     seconds = summary.get("train_seconds") or 0
@@ -55,24 +33,21 @@ def run_facts(run_dir: Path) -> dict:
 
 
 def compare_runs(run_dirs: list[str | Path], data_path: str | Path, output_dir: str | Path,
-                 baseline: bool = False, show_progress: bool = True) -> dict:
+                 baseline: bool = False, show_progress: bool = True, encoding: str | None = None,
+                 delimiter: str | None = None) -> dict:
+    """Score every run (and, with `baseline`, TF-IDF trained on the first run's data) on one labelled file;
+    write comparison.{json,md,html} with metrics per run and paired statistics per pair."""
     run_dirs = [Path(r) for r in run_dirs]
-    first_config = load_config(run_dirs[0] / CONFIG_FILE)
-    text_col, label_col = first_config.data.text_column, first_config.data.label_column
-    frame = read_table(data_path, [text_col, label_col])
-    texts, truth = frame[text_col].tolist(), None
+    first_config = read_run_config(run_dirs[0])
+    labels = read_label_map(run_dirs[0])
+    data = first_config.data.with_format(encoding, delimiter)
+    table = read_labelled_file(data_path, data, labels)
+    texts, truth = table[data.text_column].tolist(), table[data.label_column].tolist()
     predictions: dict[str, list[str]] = {}
     facts: dict[str, dict] = {}
-    labels = None
     for run_dir in run_dirs:
         classifier = load_classifier(run_dir)
-        if labels is None:
-            labels = classifier.labels
-            report = check_frame(frame, str(data_path), text_col, label_col, labels)
-            if report.errors:
-                raise DataError("\n".join(f"{report.path}: {f.message}" for f in report.errors))
-            truth = frame[label_col].tolist()
-        elif classifier.labels != labels and sorted(classifier.labels) != sorted(labels):
+        if sorted(classifier.labels) != sorted(labels):
             raise DataError(f"{run_dir} was trained on labels {classifier.labels}, {run_dirs[0]} on {labels}; "
                             "runs must share a label set to be compared")
         name = run_dir.name if run_dir.name not in predictions else str(run_dir)
@@ -80,9 +55,10 @@ def compare_runs(run_dirs: list[str | Path], data_path: str | Path, output_dir: 
         facts[name] = {"method": classifier.config.method, **run_facts(run_dir)}
         del classifier
     if baseline:
-        data = load_run_data(first_config)
-        predictions["tfidf-baseline"], _ = tfidf_baseline(data.train[text_col], data.train[label_col], texts, labels)
-        facts["tfidf-baseline"] = {"method": "tfidf+logreg", "train_rows": len(data.train)}
+        train = load_run_data(first_config).train
+        predictions["tfidf-baseline"], _ = tfidf_baseline(train[data.text_column], train[data.label_column], texts,
+                                                          labels)
+        facts["tfidf-baseline"] = {"method": "tfidf+logreg", "train_rows": len(train)}
 
     metrics = {name: classification_metrics(truth, pred, labels) for name, pred in predictions.items()}
     pairs = {f"{a} vs {b}": paired_comparison(truth, predictions[a], predictions[b], labels)

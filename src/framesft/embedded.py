@@ -13,12 +13,11 @@ import importlib
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
+from .runfolder import atomic_directory
 
 log = logging.getLogger(__name__)
 PREFIX = "embedded:"
@@ -108,14 +107,9 @@ def _convert_gguf(gguf_dir: Path, gguf_file: str, target: Path) -> None:
         del config.quantization_config
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(quantized.state_dict())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    if (target / "config.json").is_file():  # another process finished first
+        return
+    # renamed into place when complete: a half-converted folder is never mistaken for a complete one
+    with atomic_directory(target) as staging:
         plain.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        if not (target / "config.json").is_file():  # another process may have finished first
-            shutil.rmtree(target, ignore_errors=True)
-            staging.rename(target)  # atomic: a half-converted folder is never mistaken for a complete one
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)

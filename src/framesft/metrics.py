@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 HEADLINE = ("f1_macro", "f1_micro", "f1_weighted", "accuracy", "precision", "recall")
@@ -50,7 +49,3 @@ def headline(metrics: dict) -> dict[str, float]:
 
 def per_class_rows(metrics: dict) -> list[dict]:
     return [{"label": label, **scores} for label, scores in metrics["per_class"].items()]
-
-
-def confusion_array(metrics: dict) -> np.ndarray:
-    return np.array(metrics["confusion_matrix"])

@@ -1,7 +1,8 @@
-"""Loading base models and tokenizers, attaching LoRA adapters, and loading trained runs.
+"""Devices, base models and tokenizers, LoRA adapters.
 
-The same code path takes the embedded CPU default and Mistral-7B on a GPU: the config decides the dtype,
-4-bit quantization (QLoRA) and gradient checkpointing.
+The same code path takes the embedded CPU default and Mistral-7B on a GPU: the config decides the device
+(hardware.gpu), the dtype, 4-bit quantization (QLoRA) and gradient checkpointing; the method (methods/)
+decides the model class and what PEFT trains besides LoRA.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import torch
 from .config import FrameSFTConfig
 from .embedded import embedded_model_path, is_embedded
 from .errors import ConfigError
+from .methods import method_class
 
 log = logging.getLogger(__name__)
 
 
 def resolve_model_path(base_model: str) -> str:
-    """An embedded model's cached folder, an existing local folder, or a hub id passed through."""
+    """An embedded model's cached folder, an existing local folder, or a hub id that can be loaded here (it is
+    in the local Hugging Face cache, or the hub can be reached)."""
     if is_embedded(base_model):
         return str(embedded_model_path(base_model))
     path = Path(base_model).expanduser()
@@ -32,18 +35,89 @@ def resolve_model_path(base_model: str) -> str:
                 "or embedded:smollm2-135m-instruct"
             )
         return str(path)
+    check_hub_model_available(base_model)
     return base_model
 
 
-def process_state():
+def check_hub_model_available(repo_id: str) -> None:
+    """Fail early, before any run folder exists, when a hub model is neither cached nor downloadable."""
+    import os
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo_id, "config.json")
+    if isinstance(cached, str):
+        return
+    if constants.HF_HUB_OFFLINE:
+        reason = "HF_HUB_OFFLINE is set"
+    else:
+        reason = hub_unreachable_reason(repo_id)
+        if reason is None:
+            return
+    cache = constants.HF_HUB_CACHE
+    raise ConfigError(
+        f"model.base_model: {repo_id!r} is not in the local Hugging Face cache ({cache}) and cannot be downloaded "
+        f"({reason}). Either download it on a machine with network access into the cache that HF_HOME points to "
+        f"(e.g. `HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')} hf download {repo_id}`, then use the "
+        "same HF_HOME here), or set model.base_model to a local folder holding the model (config.json, weights, "
+        "tokenizer)"
+    )
+
+
+def hub_unreachable_reason(repo_id: str) -> str | None:
+    """None when the hub answers for this model; otherwise why it cannot be downloaded."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        HfApi().model_info(repo_id, timeout=10)
+        return None
+    except GatedRepoError:
+        return None  # reachable; the download itself says how to accept the licence / log in
+    except RepositoryNotFoundError:
+        return "the hub has no such model, or it is private: check the id, or log in with `hf auth login`"
+    except Exception as exc:  # noqa: BLE001 - any network failure means: not reachable from here
+        return f"the hub is not reachable: {type(exc).__name__}"
+
+
+def use_gpu(config: FrameSFTConfig | None) -> bool:
+    """hardware.gpu: true requires a CUDA GPU, false keeps to the CPU, null takes a GPU when there is one."""
+    available = torch.cuda.is_available()
+    wanted = None if config is None else config.hardware.gpu
+    if wanted and not available:
+        raise ConfigError("hardware.gpu is true but PyTorch sees no CUDA GPU here (a CPU-only torch build, or "
+                          "CUDA_VISIBLE_DEVICES hides them); set hardware.gpu: false (or null) to run on the CPU")
+    return available if wanted is None else wanted
+
+
+def process_state(config: FrameSFTConfig | None = None):
     """accelerate's view of this process (rank, world size, device); CPU processes use gloo under torchrun."""
     from accelerate import PartialState
 
-    return PartialState(cpu=not torch.cuda.is_available())
+    return PartialState(cpu=not use_gpu(config))
 
 
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def check_process_count(config: FrameSFTConfig, num_processes: int) -> None:
+    """hardware.num_gpus: the run must have one process per GPU, as many as the config says."""
+    wanted = config.hardware.num_gpus
+    if wanted and wanted != num_processes:
+        raise ConfigError(
+            f"hardware.num_gpus is {wanted} but this run has {num_processes} process(es); start it with "
+            f"`accelerate launch --num_processes {wanted} -m framesft.cli train ...` or `torchrun --nproc_per_node "
+            f"{wanted} -m framesft.cli train ...`, or set hardware.num_gpus to {num_processes} (or null)"
+        )
+
+
+def pick_device(config: FrameSFTConfig | None = None) -> torch.device:
+    return torch.device("cuda" if use_gpu(config) else "cpu")
+
+
+def cpu_supports_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def pick_dtype(config: FrameSFTConfig, device: torch.device) -> torch.dtype:
@@ -61,7 +135,10 @@ def load_tokenizer(model_path: str, trust_remote_code: bool):
 
     if trust_remote_code:
         log.warning("trust_remote_code is ON: code shipped with %s will run", model_path)
-    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise ConfigError(f"model.base_model: cannot load the tokenizer of {model_path!r}: {exc}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
@@ -70,17 +147,10 @@ def load_tokenizer(model_path: str, trust_remote_code: bool):
 
 def load_base_model(config: FrameSFTConfig, model_path: str, device: torch.device, for_training: bool,
                     labels: list[str] | None = None, pad_token_id: int | None = None):
-    """The causal LM (method sft) or the same model with a sequence-classification head (method classification)."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    kwargs = dict(dtype=pick_dtype(config, device), trust_remote_code=config.model.trust_remote_code)
-    model_class = AutoModelForCausalLM
-    if config.method == "classification":
-        if labels is None:
-            raise ValueError("the classification head needs the label set")
-        model_class = AutoModelForSequenceClassification
-        kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
-                      label2id={label: i for i, label in enumerate(labels)}, pad_token_id=pad_token_id)
+    """The base model in the class the method trains (causal LM, or with a sequence-classification head)."""
+    method = method_class(config.method)
+    kwargs = dict(dtype=pick_dtype(config, device), trust_remote_code=config.model.trust_remote_code,
+                  **method.model_kwargs(labels, pad_token_id))
     if config.model.attn_implementation:
         kwargs["attn_implementation"] = config.model.attn_implementation
     if config.model.load_in_4bit:
@@ -89,7 +159,7 @@ def load_base_model(config: FrameSFTConfig, model_path: str, device: torch.devic
     elif config.hardware.device_map and device.type == "cuda":
         kwargs["device_map"] = config.hardware.device_map
     try:
-        model = model_class.from_pretrained(model_path, **kwargs)
+        model = method.model_class().from_pretrained(model_path, **kwargs)
     except OSError as exc:
         raise ConfigError(f"model.base_model: cannot load {model_path!r}: {exc}") from None
     if "device_map" not in kwargs:
@@ -149,8 +219,7 @@ def attach_lora(model, config: FrameSFTConfig):
         lora_alpha=training.lora_alpha,
         lora_dropout=training.lora_dropout,
         target_modules=list(training.lora_target_modules),
-        # SEQ_CLS makes PEFT train the new head ("score") in full and save it with the adapter
-        task_type="SEQ_CLS" if config.method == "classification" else "CAUSAL_LM",
+        task_type=method_class(config.method).peft_task_type,
         bias="none",
     )
     return get_peft_model(model, lora)
@@ -178,10 +247,10 @@ def refuse_pickled_weights(folder: Path) -> None:
     )
 
 
-def load_adapter(base_model, adapter_dir: Path, trainable: bool = False):
-    """Attach a saved LoRA adapter (safetensors only, see refuse_pickled_weights) to a base model."""
+def load_adapter(base_model, adapter_dir: Path):
+    """Attach a saved LoRA adapter (safetensors only, see refuse_pickled_weights) to a base model, for inference."""
     from peft import PeftModel
 
     refuse_pickled_weights(adapter_dir)
-    return PeftModel.from_pretrained(base_model, str(adapter_dir), is_trainable=trainable,
+    return PeftModel.from_pretrained(base_model, str(adapter_dir), is_trainable=False,
                                      use_safetensors=(adapter_dir / "adapter_model.safetensors").is_file())

@@ -80,10 +80,6 @@ def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, side: str = "left
     return ids.to(device), mask.to(device)
 
 
-def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    return pad_batch(sequences, pad_id, "left", device)
-
-
 def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
     """Position ids that start at 0 at each row's first real token (left padding)."""
     return (mask.cumsum(-1) - 1).clamp(min=0)
@@ -137,7 +133,7 @@ class LabelScorer:
     def _score_batch(self, prompts: list[list[int]]) -> torch.Tensor:
         device = self.device
         n_prompts, n_labels = len(prompts), len(self.labels)
-        ids, mask = left_pad(prompts, self.pad_id, device)
+        ids, mask = pad_batch(prompts, self.pad_id, "left", device)
         out = self.model(
             input_ids=ids,
             attention_mask=mask,
@@ -202,7 +198,7 @@ def naive_label_scores(model, builder: PromptBuilder, prompts: Sequence[list[int
     with torch.inference_mode():
         for i, prompt in enumerate(prompts):
             sequences = [prompt + seq for seq in label_ids]
-            ids, mask = left_pad(sequences, builder.tokenizer.pad_token_id, device)
+            ids, mask = pad_batch(sequences, builder.tokenizer.pad_token_id, "left", device)
             logp = torch.log_softmax(
                 model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask)).logits.float(), -1
             )

@@ -1,6 +1,10 @@
 """The sibling approach: a sequence-classification head on the same base model (LoRA on the same modules,
-the head trained in full). Shares data loading, checks, label map, metrics, early stopping and run folders
-with generative SFT; only encoding, loss and scoring differ, and they live here.
+the head trained in full).
+
+- encoding: the passage alone (no instructions), truncated to `data.max_length` tokens; the head reads the
+  final token's hidden state; the target is the label's index;
+- batching: right padding;
+- scoring: the log-softmax of the head's logits.
 """
 
 from __future__ import annotations
@@ -11,7 +15,61 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .scoring import LabelScores, pad_batch, token_budget_batches
+from ..scoring import LabelScores, pad_batch, token_budget_batches
+from . import Method
+
+
+class ClassificationHead(Method):
+    name = "classification"
+    peft_task_type = "SEQ_CLS"  # PEFT then trains the new head ("score") in full and saves it with the adapter
+
+    def __init__(self, config, tokenizer, labels):
+        super().__init__(config, tokenizer, labels)
+        self.max_text_tokens = config.data.max_length
+
+    @staticmethod
+    def model_class():
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification
+
+    @staticmethod
+    def model_kwargs(labels, pad_token_id):
+        return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                "label2id": {label: i for i, label in enumerate(labels)}, "pad_token_id": pad_token_id}
+
+    @classmethod
+    def keys_without_effect(cls, config) -> list[str]:
+        from ..config import PromptSection
+
+        notes = []
+        if config.prompt != PromptSection():
+            notes.append("prompt.* has no effect with method: classification (the head reads the passage alone)")
+        if config.evaluation.length_normalize:
+            notes.append("evaluation.length_normalize has no effect with method: classification (the head "
+                         "scores classes, not label tokens)")
+        return notes
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+
+    def encode_input(self, text: str) -> list[int]:
+        return encode_passage(self.tokenizer, text, self.config.data.max_length)
+
+    def encode_example(self, text: str, label: str) -> dict:
+        return {"input_ids": self.encode_input(text), "labels": self.labels.index(label)}
+
+    def collator(self) -> HeadCollator:
+        return HeadCollator(self.tokenizer.pad_token_id)
+
+    @staticmethod
+    def loss(model, batch):
+        return head_loss(model, batch)
+
+    def scorer(self, model) -> HeadScorer:
+        evaluation = self.config.evaluation
+        return HeadScorer(model, self.tokenizer, self.labels, self.config.data.max_length,
+                          evaluation.token_budget, evaluation.batch_size)
 
 
 def encode_passage(tokenizer, text: str, max_length: int) -> list[int]:

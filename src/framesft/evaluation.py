@@ -1,0 +1,72 @@
+"""Scoring a classifier on labelled passages: metrics, predictions with per-label probabilities, and the files
+an evaluation leaves (metrics JSON, per-class CSV, confusion matrix CSV + PNG, predictions CSV)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .metrics import classification_metrics, per_class_rows
+from .plots import confusion_matrix_figure, save_png
+from .runfolder import write_json, write_table
+from .scoring import LabelScores
+
+if TYPE_CHECKING:
+    from .inference import Classifier
+
+
+def predictions_table(texts: Sequence[str], scores: LabelScores, y_true: Sequence[str] | None = None) -> pd.DataFrame:
+    """text, [label,] predicted, p_<label> for every label, margin (best minus runner-up score)."""
+    table = pd.DataFrame({"text": list(texts)})
+    if y_true is not None:
+        table["label"] = list(y_true)
+    table["predicted"] = scores.predictions
+    probabilities = scores.probabilities
+    for j, label in enumerate(scores.labels):
+        table[f"p_{label}"] = probabilities[:, j]
+    table["margin"] = scores.margins
+    return table
+
+
+def evaluate_texts(classifier: Classifier, texts: Sequence[str], y_true: Sequence[str],
+                   description: str = "evaluating", show_progress: bool = True) -> tuple[dict, pd.DataFrame]:
+    """Metrics and the predictions table of a classifier on labelled passages."""
+    scores = classifier.score(texts, description, show_progress)
+    metrics = classification_metrics(list(y_true), scores.predictions, classifier.labels)
+    return metrics, predictions_table(texts, scores, y_true)
+
+
+def write_evaluation(folder: Path, split: str, metrics: dict, predictions: pd.DataFrame) -> None:
+    """metrics_<split>.json, per_class_<split>.csv, confusion_matrix_<split>.csv/.png, predictions_<split>.csv."""
+    labels = metrics["labels"]
+    matrix = np.array(metrics["confusion_matrix"])
+    write_table(folder / f"predictions_{split}.csv", predictions)
+    write_table(folder / f"per_class_{split}.csv", pd.DataFrame(per_class_rows(metrics)))
+    write_table(folder / f"confusion_matrix_{split}.csv", pd.DataFrame(matrix, index=labels, columns=labels)
+                .rename_axis("true \\ predicted").reset_index())
+    save_png(confusion_matrix_figure(matrix, labels, f"{split}: confusion matrix"),
+             folder / f"confusion_matrix_{split}.png")
+    write_json(folder / f"metrics_{split}.json", metrics)  # last: its presence marks a complete evaluation
+
+
+def evaluate_run(run_dir: str | Path, data_path: str | Path, output_dir: str | Path | None = None,
+                 show_progress: bool = True, encoding: str | None = None, delimiter: str | None = None) -> dict:
+    """Evaluate a trained run on a labelled file; write metrics, per-class report, confusion matrix, predictions.
+
+    The file is read with the run's columns, encoding and delimiter unless `encoding`/`delimiter` say otherwise.
+    """
+    from .dataset import read_labelled_file
+    from .inference import load_classifier
+
+    classifier = load_classifier(run_dir)
+    data = classifier.config.data.with_format(encoding, delimiter)
+    table = read_labelled_file(data_path, data, classifier.labels)
+    metrics, predictions = evaluate_texts(classifier, table[data.text_column].tolist(),
+                                          table[data.label_column].tolist(), show_progress=show_progress)
+    folder = Path(output_dir) if output_dir else Path(run_dir) / f"eval_{Path(data_path).stem}"
+    write_evaluation(folder, "eval", metrics, predictions)
+    metrics["output_dir"] = str(folder)
+    return metrics

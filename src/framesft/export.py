@@ -1,0 +1,32 @@
+"""`framesft export`: the base model with a run's adapter merged in, as a plain transformers folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from .errors import RunFolderError
+from .inference import load_classifier
+from .runfolder import CONFIG_FILE, LABEL_MAP_FILE, atomic_directory
+
+
+def export_merged(run_dir: str | Path, output_dir: str | Path) -> Path:
+    """Write the merged model (safetensors) and tokenizer, plus `label_map.json`, the run's `config.yaml` and,
+    for generative SFT, `framesft_prompt.json` (labels, their token ids, a rendered example prompt), so other
+    servers can score the same way."""
+    output = Path(output_dir)
+    if output.exists() and any(output.iterdir()):
+        raise RunFolderError(f"{output} already exists and is not empty; choose another --output")
+    run_dir = Path(run_dir)
+    classifier = load_classifier(run_dir)
+    merged = classifier.model.merge_and_unload()
+    with atomic_directory(output) as staging:
+        merged.save_pretrained(staging, safe_serialization=True)
+        classifier.tokenizer.save_pretrained(staging)
+        shutil.copy(run_dir / LABEL_MAP_FILE, staging / LABEL_MAP_FILE)
+        shutil.copy(run_dir / CONFIG_FILE, staging / CONFIG_FILE)
+        description = classifier.method.serving_description()
+        if description is not None:
+            (staging / "framesft_prompt.json").write_text(json.dumps(description, indent=2, ensure_ascii=False))
+    return output

@@ -1,0 +1,78 @@
+"""What the terminal shows: the console (stderr), tables of metrics and data findings, progress bars."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .metrics import HEADLINE, per_class_rows
+
+console = Console(stderr=True)
+
+
+def metrics_table(columns: dict[str, dict], title: str) -> Table:
+    """Headline metrics side by side, one column per model/run."""
+    table = Table(title=title)
+    table.add_column("metric")
+    for name in columns:
+        table.add_column(name, justify="right")
+    for key in HEADLINE:
+        table.add_row(key, *(f"{m[key]:.3f}" for m in columns.values()))
+    return table
+
+
+def per_class_table(metrics: dict, title: str) -> Table:
+    table = Table(title=title)
+    for column in ("label", "precision", "recall", "f1", "support"):
+        table.add_column(column, justify="left" if column == "label" else "right")
+    for row in per_class_rows(metrics):
+        table.add_row(row["label"], f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
+                      str(row["support"]))
+    return table
+
+
+def print_data_report(report) -> None:
+    """One file's label counts and findings (framesft data check)."""
+    console.print(f"[bold]{report.path}[/bold]: {report.rows} rows")
+    table = Table()
+    table.add_column("label")
+    table.add_column("rows", justify="right")
+    for label, count in report.label_counts.items():
+        table.add_row(label, str(count))
+    console.print(table)
+    for finding in report.findings:
+        style = "red" if finding.level == "error" else "yellow"
+        console.print(f"[{style}]{finding.level}[/{style}]: {finding.message}")
+    if not report.findings:
+        console.print("[green]no problems found[/green]")
+
+
+@contextmanager
+def progress_bar(total: int | None, description: str, unit: str = "texts", enabled: bool = True,
+                 transient: bool = False) -> Iterator[Callable[[int], None]]:
+    """Yield `advance(n)`; shows done/total, rate, elapsed time and ETA on stderr (total None: unknown)."""
+    if not enabled:
+        yield lambda n: None
+        return
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    ]
+    with Progress(*columns, transient=transient) as progress:
+        task = progress.add_task(description, total=total, rate="")
+
+        def advance(n: int) -> None:
+            progress.advance(task, n)
+            speed = progress.tasks[task].speed
+            progress.update(task, rate=f"{speed:.1f} {unit}/s" if speed else "")
+
+        yield advance
