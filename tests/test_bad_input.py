@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from framesft.cli import main
@@ -14,6 +15,15 @@ from conftest import FRAMES, SAMPLE_DATA
 pytestmark = pytest.mark.slow
 
 GOOD_TRAIN = pd.read_csv(SAMPLE_DATA / "train.csv", keep_default_na=False)
+MISSING_HUB_MODEL = "framesft-tests/no-such-model"
+UMLAUT_TEXT = "Die Bürger in Köln fürchten die Zölle – sagt der Abgeordnete."
+
+
+def excel_export(table: pd.DataFrame) -> bytes:
+    """What German Excel writes for 'CSV': ;-separated, Windows-1252, CRLF line ends (first passage in German)."""
+    table = table.copy()
+    table.loc[0, "chunk_text"] = UMLAUT_TEXT
+    return table.to_csv(index=False, sep=";", lineterminator="\r\n").encode("cp1252")
 
 
 def base_config(tiny_model_dir, data_dir, run_dir, **sections):
@@ -24,6 +34,7 @@ def base_config(tiny_model_dir, data_dir, run_dir, **sections):
         "training": {"num_epochs": 1, "batch_size": 8, "gradient_accumulation_steps": 1, "warmup_steps": 0,
                      "output_dir": str(run_dir), "max_steps": 1},
         "tracking": {"report_to": ["none"]},
+        "hardware": {},
     }
     for section, values in sections.items():
         config.setdefault(section, {}).update(values)
@@ -80,7 +91,27 @@ CASES = [
                                                                       num_labels=5), ["num_labels is 5"]),
     ("unknown embedded model", lambda d, c: c["model"].update(base_model="embedded:gpt-9"),
      ["unknown embedded model 'embedded:gpt-9'"]),
+    # What a new user hits on a machine that cannot reach the model hub (most HPC compute nodes): the real
+    # cache look-up and hub request run (no network here and in CI; with a network the id does not exist).
+    ("hub model neither cached nor reachable", lambda d, c: c["model"].update(base_model=MISSING_HUB_MODEL),
+     [f"model.base_model: '{MISSING_HUB_MODEL}' is not in the local Hugging Face cache", "HF_HOME",
+      "set model.base_model to a local folder"]),
+    ("German Excel export without data.encoding", lambda d, c: write_bytes(d, "train.csv", excel_export(GOOD_TRAIN)),
+     ["line 2 is not UTF-8", "Windows-1252", "set data.encoding: cp1252"]),
+    ("German Excel export without data.delimiter",
+     lambda d, c: (write_bytes(d, "train.csv", excel_export(GOOD_TRAIN)), c["data"].update(encoding="cp1252")),
+     ["looks semicolon-separated", "set data.delimiter: ';'"]),
+    ("unknown encoding", lambda d, c: c["data"].update(encoding="klingon-8"), ["data.encoding: unknown encoding"]),
+    ("use_lora false", lambda d, c: c["training"].update(use_lora=False),
+     ["training.use_lora: framesft trains LoRA adapters only"]),
+    ("num_gpus and the process count disagree", lambda d, c: c["hardware"].update(num_gpus=2),
+     ["hardware.num_gpus is 2 but this run has 1 process", "torchrun --nproc_per_node 2"]),
+    ("gpu false with num_gpus", lambda d, c: c["hardware"].update(gpu=False, num_gpus=1),
+     ["gpu is false but num_gpus is 1"]),
 ]
+if not torch.cuda.is_available():
+    CASES.append(("gpu required but none here", lambda d, c: c["hardware"].update(gpu=True),
+                  ["hardware.gpu is true but PyTorch sees no CUDA GPU", "set hardware.gpu: false"]))
 
 
 @pytest.mark.parametrize("case, breaks, fragments", CASES, ids=[c[0] for c in CASES])
@@ -144,3 +175,49 @@ def test_none_na_null_labels_train_as_labels(tiny_model_dir, tmp_path, capsys):
     import json
 
     assert sorted(json.loads((tmp_path / "run" / "label_map.json").read_text())["label2id"]) == ["NA", "None", "null"]
+
+
+def test_german_excel_export_trains_with_encoding_and_delimiter(tmp_path):
+    """The same file loads once data.encoding and data.delimiter say how it was written (umlauts intact)."""
+    from framesft.config import load_config
+    from framesft.dataset import load_run_data
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    write_bytes(data_dir, "train.csv", excel_export(GOOD_TRAIN))
+    config = load_config(None, [f"data.data_dir={data_dir}", "data.encoding=cp1252", "data.delimiter=;",
+                                "data.validation_fraction=0.2"])
+    data = load_run_data(config)
+    texts = set(data.train["chunk_text"]) | set(data.validation["chunk_text"])
+    assert UMLAUT_TEXT in texts and len(texts) == len(GOOD_TRAIN)
+    assert not any("\r" in text for text in texts)
+
+
+def test_data_check_names_encoding_and_delimiter_options(tmp_path, capsys):
+    path = tmp_path / "export.csv"
+    path.write_bytes(excel_export(GOOD_TRAIN))
+    assert main(["data", "check", str(path)]) == 2
+    assert "--encoding cp1252" in capsys.readouterr().err
+    assert main(["data", "check", str(path), "--encoding", "cp1252"]) == 2
+    assert "--delimiter ';'" in capsys.readouterr().err
+    assert main(["data", "check", str(path), "--encoding", "cp1252", "--delimiter", ";"]) == 0
+    assert "no problems found" in capsys.readouterr().err
+
+
+def test_single_column_with_semicolons_in_the_header(tmp_path, capsys):
+    path = tmp_path / "semicolons.csv"
+    GOOD_TRAIN.head(5).to_csv(path, sep=";", index=False)
+    assert main(["data", "check", str(path)]) == 2
+    assert "read as a single column 'chunk_text;frame_name'; it looks semicolon-separated" in capsys.readouterr().err
+
+
+def test_data_check_without_the_tokenizer_runs_the_other_checks(tmp_path, capsys):
+    """A config whose hub model cannot be had: every check that needs no tokenizer runs, the skip is named."""
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"model": {"base_model": MISSING_HUB_MODEL}}))
+    bad = tmp_path / "train.csv"
+    bad.write_text("chunk_text,frame_name\nhello,Economic\n   ,None\n")
+    assert main(["data", "check", str(bad), "--config", str(config)]) == 1  # the empty text is still found
+    err = capsys.readouterr().err
+    assert "empty or whitespace-only texts" in err and "Traceback" not in err
+    assert "skipped the passage-length check" in " ".join(err.split())

@@ -162,3 +162,61 @@ def test_resolved_config_round_trips(tmp_path):
     again = load_config(write(tmp_path, config.to_yaml(), "resolved.yaml"))
     assert again == config
     assert yaml.safe_load(config.to_yaml())["training"]["learning_rate"] == pytest.approx(5e-5)
+
+
+def test_keys_without_effect_are_reported_when_the_config_is_loaded(tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    load_config(write(tmp_path, "training:\n  save_steps: 100\n"))
+    assert "training.save_steps (100) has no effect" in caplog.text and "training.eval_steps" in caplog.text
+    caplog.clear()
+    load_config(write(tmp_path, "method: classification\nprompt:\n  instruction: Pick one.\n"))
+    assert "prompt.* has no effect with method: classification" in caplog.text
+    caplog.clear()
+    # save_steps equal to eval_steps (the legacy layout) and a resolved config saved by a run: nothing to report
+    resolved = load_config(write(tmp_path, LEGACY_CONFIG)).to_yaml()
+    load_config(write(tmp_path, resolved, "resolved.yaml"))
+    assert caplog.text == ""
+
+
+def test_settings_that_cannot_work_are_errors_at_load_time(tmp_path):
+    with pytest.raises(ConfigError, match="training.use_lora: framesft trains LoRA adapters only"):
+        load_config(write(tmp_path, "training:\n  use_lora: false\n"))
+    with pytest.raises(ConfigError, match="gpu is false but num_gpus is 2"):
+        load_config(write(tmp_path, "hardware:\n  gpu: false\n  num_gpus: 2\n"))
+    with pytest.raises(ConfigError, match="data.delimiter"):
+        load_config(write(tmp_path, "data:\n  delimiter: ';;'\n"))
+
+
+def test_every_key_documents_itself():
+    from framesft.config import describe_keys
+
+    rows = describe_keys()
+    assert len(rows) > 50
+    undocumented = [row["key"] for row in rows if len(row["description"]) < 10]
+    assert undocumented == []
+    by_key = {row["key"]: row for row in rows}
+    assert by_key["training.learning_rate"]["default"] == "5.0e-05"
+    assert by_key["data.label2id"]["type"] == "dict[str, int] | None"
+    assert by_key["evaluation.metric"]["type"].startswith("f1_macro | f1_micro")
+
+
+def test_readme_key_table_is_generated_from_the_schema():
+    """The README's table of keys is `framesft config --markdown`; regenerate it when this fails."""
+    from framesft.config import keys_markdown_table
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    start, end = "<!-- config-keys:start (framesft config --markdown) -->\n", "<!-- config-keys:end -->"
+    assert start in readme and end in readme
+    assert readme.split(start, 1)[1].split(end, 1)[0] == keys_markdown_table()
+
+
+def test_config_explain_prints_every_key(capsys):
+    from framesft.cli import main
+    from framesft.config import describe_keys
+
+    assert main(["config", "--explain"]) == 0
+    out = capsys.readouterr().out
+    for row in describe_keys():
+        assert row["key"] in out

@@ -21,6 +21,7 @@ EPILOG = """examples:
   framesft predict runs/my-run --input corpus.csv --output labels.parquet
   framesft baseline configs/smollm2-brexit.yaml           TF-IDF + logistic regression floor
   framesft export runs/my-run --output merged/            adapter merged into a plain transformers model
+  framesft config --explain                               every config key: type, default, what it does
 """
 
 
@@ -278,20 +279,12 @@ def command_data_check(args) -> int:
 
 
 def command_config(args) -> int:
-    from .config import describe_keys, keys_markdown_table, load_config
+    from .config import explain_keys, keys_markdown_table, load_config
 
     if args.markdown:
         print(keys_markdown_table(), end="")
     elif args.explain:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title="framesft config keys", show_lines=False)
-        for column in ("key", "type", "default", "description"):
-            table.add_column(column, overflow="fold")
-        for row in describe_keys():
-            table.add_row(row["key"], row["type"], row["default"], row["description"])
-        Console().print(table)
+        print(explain_keys(), end="")
     else:
         print(load_config(args.config, args.overrides).to_yaml(), end="")
     return 0

@@ -153,7 +153,7 @@ class TrainingSection(Section):
     """LoRA, optimisation, checkpoints."""
 
     use_lora: bool = key(True, "framesft trains LoRA adapters; false is refused (kept so existing files load)")
-    lora_r: int = key(16, "LoRA rank", gt=0)
+    lora_r: int = key(16, "LoRA rank: the inner dimension of each low-rank update", gt=0)
     lora_alpha: int = key(32, "LoRA scaling numerator (the update is scaled by alpha / r)", gt=0)
     lora_dropout: float = key(0.05, "dropout on the LoRA input", ge=0, lt=1)
     lora_target_modules: list[str] = key(
@@ -406,7 +406,7 @@ def describe_validation_error(err: dict[str, Any]) -> str:
     if err["type"] == "extra_forbidden":
         return f"{location}: unknown key{suggest_key(err['loc'])}"
     given = err.get("input")
-    message = err["msg"]
+    message = err["msg"].removeprefix("Value error, ")
     if err["type"] == "literal_error":
         message = "must be one of " + message.removeprefix("Input should be ")
     return f"{location}: {message} (got {given!r})"
@@ -456,6 +456,24 @@ def type_name(annotation: Any) -> str:
     if isinstance(annotation, type):
         return annotation.__name__
     return str(annotation).replace("typing.", "")
+
+
+def explain_keys(width: int = 100) -> str:
+    """Every key as plain text, section by section: `key  type = default`, then the description indented."""
+    import textwrap
+
+    sections: dict[str, list[dict[str, str]]] = {}
+    for row in describe_keys():
+        sections.setdefault(row["key"].split(".")[0] if "." in row["key"] else "", []).append(row)
+    out = []
+    for section, rows in sections.items():
+        if section:
+            doc = (FrameSFTConfig.model_fields[section].annotation.__doc__ or "").strip()
+            out += ["", f"[{section}] {doc}"]
+        for row in rows:
+            out.append(f"  {row['key']}: {row['type']} = {row['default']}")
+            out += textwrap.wrap(row["description"], width, initial_indent="      ", subsequent_indent="      ")
+    return "\n".join(out).lstrip("\n") + "\n"
 
 
 def keys_markdown_table() -> str:

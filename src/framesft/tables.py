@@ -66,8 +66,10 @@ def read_delimited(path: Path, encoding: str = "utf-8", delimiter: str | None = 
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: the file has no header row and no data") from None
     except pd.errors.ParserError as exc:
-        raise DataError(f"{path}: not a valid CSV file ({exc}); check for unbalanced quotes"
-                        + delimiter_hint(path, encoding, delimiter)) from None
+        hint = delimiter_hint(path, encoding, delimiter)
+        if hint:
+            raise DataError(f"{path}: cannot be read as {csv_options(path)['sep']!r}-separated{hint}") from None
+        raise DataError(f"{path}: not a valid CSV file ({str(exc).strip()}); check for unbalanced quotes") from None
 
 
 def iter_delimited_chunks(path: Path, encoding: str, delimiter: str | None, chunksize: int) -> Iterator[pd.DataFrame]:
@@ -140,7 +142,7 @@ def delimiter_hint(path: Path, encoding: str, delimiter: str | None) -> str:
         return ""
     sep = max(found, key=header.count)
     shown = "'\\t'" if sep == "\t" else f"'{sep}'"
-    return (f"; the file looks {DELIMITERS[sep]}-separated ({sep!r} in its header): set data.delimiter: {shown} "
+    return (f"; it looks {DELIMITERS[sep]}-separated ({sep!r} in its header): set data.delimiter: {shown} "
             f"in the config (or pass --delimiter {shown})")
 
 

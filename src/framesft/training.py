@@ -62,6 +62,7 @@ class TrainResult:
 def train(config: FrameSFTConfig, run_dir: str | Path | None = None, overwrite: bool = False,
           resume: bool = False, show_progress: bool = True) -> TrainResult:
     """Fine-tune, select the best checkpoint by the validation metric, evaluate, and write the run folder."""
+    model_path = resolve_model_path(config.model.base_model)  # a model that cannot be loaded stops us here
     state = process_state(config)  # device and rank (hardware.gpu decides CPU or GPU)
     check_process_count(config, state.num_processes)
     main = state.is_main_process
@@ -79,8 +80,7 @@ def train(config: FrameSFTConfig, run_dir: str | Path | None = None, overwrite: 
             write_text(run_dir / CONFIG_FILE, config.to_yaml())
         log.info("processes: %d (device %s)", state.num_processes, state.device)
 
-        # 1. model source, data and method: everything that bad input can break, before any training
-        model_path = resolve_model_path(config.model.base_model)
+        # 1. tokenizer, data and method: everything that bad input can break, before any training
         tokenizer = load_tokenizer(model_path, config.model.trust_remote_code)
         data = load_run_data(config)
         method = build_method(config, tokenizer, data.labels)
