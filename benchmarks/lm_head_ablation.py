@@ -85,12 +85,13 @@ def measure(base_model: str, n_batches: int, batch_size: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", type=Path, default=RESULTS, help=f"results JSON (default: {RESULTS})")
     parser.add_argument("--batches", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--models", nargs="+", default=MODELS)
     args = parser.parse_args()
     results = [measure(model, args.batches, args.batch_size) for model in args.models]
-    RESULTS.write_text(json.dumps({"benchmark": "LM head at answer positions only vs at every position",
+    args.output.write_text(json.dumps({"benchmark": "LM head at answer positions only vs at every position",
                                    "cores": torch.get_num_threads(), "results": results}, indent=2) + "\n")
 
 

@@ -132,6 +132,7 @@ def timed_train(trainer, counter: TokenCounter, bf16: bool) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", type=Path, default=RESULTS, help=f"results JSON (default: {RESULTS})")
     parser.add_argument("--examples", type=int, default=512)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--method", choices=["ours", "trl"], help=argparse.SUPPRESS)  # child process
@@ -168,8 +169,8 @@ def main() -> None:
         },
         "target": "real tokens/s >= 2x TRL, final loss equal or lower at the same number of optimizer steps",
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report["ratios"], indent=2))
 
 

@@ -132,3 +132,68 @@ def test_exported_merged_model_scores_like_the_adapter(trained_run, tmp_path):
     merged_scores = LabelScorer(merged, classifier.method.prompt).score_texts(texts).scores
     np.testing.assert_allclose(merged_scores, adapter_scores, atol=1e-4)
     assert json.loads((tmp_path / "merged" / "label_map.json").read_text())["label2id"]
+
+
+def test_keep_columns_travel_with_every_input_format_and_a_resumed_run(trained_run, tmp_path, monkeypatch):
+    import duckdb
+
+    import framesft.corpus as corpus_module
+
+    frame = corpus_frame(30).assign(date=[f"2019-0{1 + i % 9}-15" for i in range(30)],
+                                    party=["Lab", "Con", "None"] * 10)
+    inputs = {"csv": tmp_path / "c.csv", "jsonl": tmp_path / "c.jsonl", "parquet": tmp_path / "c.parquet"}
+    frame.to_csv(inputs["csv"], index=False)
+    frame.to_json(inputs["jsonl"], orient="records", lines=True)
+    frame.to_parquet(inputs["parquet"], index=False)
+    database = tmp_path / "c.duckdb"
+    with duckdb.connect(str(database)) as connection:
+        connection.execute("CREATE TABLE chunks AS SELECT * FROM frame")
+    inputs["duckdb"] = database
+    for name, path in inputs.items():
+        out = tmp_path / f"out_{name}.csv"
+        predict_corpus(trained_run.run_dir, path, out, id_column="chunk_id", chunk_rows=8, show_progress=False,
+                       keep_columns=["date", "party"], query="chunks" if name == "duckdb" else None)
+        result = pd.read_csv(out, dtype=str, keep_default_na=False)
+        assert list(result.columns[:4]) == ["chunk_id", "date", "party", "predicted"], name
+        assert result["date"].tolist() == frame["date"].tolist() and result["party"].tolist() == frame["party"].tolist()
+
+    # a run that dies after two chunks, resumed: every row once, with its columns
+    real_write_part, written = corpus_module.write_part, []
+
+    def crash_after_two_parts(parts, index, table):
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        written.append(index)
+        real_write_part(parts, index, table)
+
+    monkeypatch.setattr(corpus_module, "write_part", crash_after_two_parts)
+    out = tmp_path / "resumed.parquet"
+    with pytest.raises(KeyboardInterrupt):
+        predict_corpus(trained_run.run_dir, inputs["csv"], out, id_column="chunk_id", chunk_rows=8,
+                       show_progress=False, keep_columns=["party"])
+    monkeypatch.setattr(corpus_module, "write_part", real_write_part)
+    with pytest.raises(FrameSFTError, match="different prediction"):  # other columns: parts are not mixed
+        predict_corpus(trained_run.run_dir, inputs["csv"], out, id_column="chunk_id", chunk_rows=8,
+                       show_progress=False, keep_columns=["date"])
+    assert predict_corpus(trained_run.run_dir, inputs["csv"], out, id_column="chunk_id", chunk_rows=8,
+                          show_progress=False, keep_columns=["party"]) == 30
+    result = pd.read_parquet(out)
+    assert result["chunk_id"].tolist() == frame["chunk_id"].tolist()
+    assert result["party"].tolist() == frame["party"].tolist()  # "None" stays a party name, not a missing value
+
+    with pytest.raises(FrameSFTError, match="column 'speaker' not found"):
+        predict_corpus(trained_run.run_dir, inputs["csv"], tmp_path / "x.csv", keep_columns=["speaker"],
+                       show_progress=False)
+
+
+def test_predict_reads_a_german_excel_export_with_encoding_and_delimiter(trained_run, tmp_path):
+    corpus = tmp_path / "export.csv"
+    frame = corpus_frame(6)
+    frame.loc[0, "chunk_text"] = "Die Bürger in Köln fürchten die Zölle."
+    corpus.write_bytes(frame.to_csv(index=False, sep=";", lineterminator="\r\n").encode("cp1252"))
+    failed = cli("predict", str(trained_run.run_dir), "--input", str(corpus), "--output", str(tmp_path / "a.csv"))
+    assert failed.returncode == 2 and "--encoding cp1252" in failed.stderr
+    done = cli("predict", str(trained_run.run_dir), "--input", str(corpus), "--output", str(tmp_path / "b.csv"),
+               "--encoding", "cp1252", "--delimiter", ";", "--id-column", "chunk_id")
+    assert done.returncode == 0, done.stderr
+    assert pd.read_csv(tmp_path / "b.csv")["chunk_id"].tolist() == frame["chunk_id"].tolist()

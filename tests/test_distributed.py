@@ -51,12 +51,13 @@ def test_ddp_training_with_two_processes(tiny_model_dir, tmp_path):
 def test_sharded_prediction_has_every_row_exactly_once(trained_run, tmp_path):
     texts = pd.read_csv(SAMPLE_DATA / "test.csv")["chunk_text"].tolist()
     corpus = tmp_path / "corpus.csv"
-    pd.DataFrame({"chunk_id": [f"c{i}" for i in range(130)],
+    pd.DataFrame({"chunk_id": [f"c{i}" for i in range(130)], "party": [f"p{i % 7}" for i in range(130)],
                   "chunk_text": [texts[i % len(texts)] for i in range(130)]}).to_csv(corpus, index=False)
     out = tmp_path / "out.parquet"
     done = run_two_processes("predict", str(trained_run.run_dir), "--input", str(corpus), "--output", str(out),
-                             "--id-column", "chunk_id", "--chunk-rows", "20")
+                             "--id-column", "chunk_id", "--chunk-rows", "20", "--keep-columns", "party")
     assert done.returncode == 0, done.stderr[-3000:]
     result = pd.read_parquet(out)
     assert result["chunk_id"].tolist() == [f"c{i}" for i in range(130)]
     assert set(result["predicted"]) <= set(FRAMES)
+    assert result["party"].tolist() == [f"p{i % 7}" for i in range(130)]  # kept columns from both processes

@@ -33,9 +33,10 @@ def test_report_is_self_contained(trained_run):
     page = (trained_run.run_dir / "report.html").read_text()
     assert 'id="metrics-table"' in page and "95% CI" in page
     assert page.count("data:image/png;base64,") >= 2  # confusion matrix and learning curves embedded
+    assert page.count("data:image/png;base64,") >= 3  # and the reliability diagram
     assert not re.search(r'(src|href)="https?://', page)  # nothing to fetch: viewable offline
     for section in ("Per class", "Confusion matrix", "Learning curves", "Label distribution",
-                    "Most confident mistakes"):
+                    "Most confident mistakes", "Calibration", "The model as a coder"):
         assert section in page
 
 

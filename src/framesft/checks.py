@@ -52,7 +52,7 @@ class DataReport:
         }
 
 
-def _rows(indices: list[int], path: str, limit: int = 10) -> str:
+def rows_text(indices: list[int], path: str, limit: int = 10) -> str:
     shown = ", ".join(str(row_number(i, path)) for i in indices[:limit])
     more = f" and {len(indices) - limit} more" if len(indices) > limit else ""
     return f"row{'s' if len(indices) > 1 else ''} {shown}{more}"
@@ -70,7 +70,7 @@ def normalise_labels(table: pd.DataFrame, label_column: str, labels: list[str] |
         report.add(
             "warning",
             f"{int(changed.sum())} labels differ from the label set only in case or spaces "
-            f"({', '.join(map(repr, variants[:5]))}); normalised ({_rows(list(table.index[changed]), report.path)})",
+            f"({', '.join(map(repr, variants[:5]))}); normalised ({rows_text(list(table.index[changed]), report.path)})",
         )
     table[label_column] = fixed
 
@@ -87,18 +87,18 @@ def check_table(
     texts = table[text_column]
     blank = list(table.index[texts.str.strip() == ""])
     if blank:
-        report.add("error", f"{len(blank)} empty or whitespace-only texts in column {text_column!r} ({_rows(blank, path)})")
+        report.add("error", f"{len(blank)} empty or whitespace-only texts in column {text_column!r} ({rows_text(blank, path)})")
 
     duplicated = table.index[texts.duplicated(keep="first") & (texts.str.strip() != "")]
     if len(duplicated):
-        report.add("warning", f"{len(duplicated)} duplicate texts ({_rows(list(duplicated), path)})")
+        report.add("warning", f"{len(duplicated)} duplicate texts ({rows_text(list(duplicated), path)})")
 
     if label_column is None:
         return report
 
     missing = list(table.index[table[label_column].str.strip() == ""])
     if missing:
-        report.add("error", f"{len(missing)} rows have no label in column {label_column!r} ({_rows(missing, path)})")
+        report.add("error", f"{len(missing)} rows have no label in column {label_column!r} ({rows_text(missing, path)})")
     normalise_labels(table, label_column, labels, report)
     present = table[label_column][table[label_column] != ""]
     report.label_counts = dict(sorted(Counter(present).items()))
@@ -111,7 +111,7 @@ def check_table(
         for label, indices in outside.items():
             report.add(
                 "error",
-                f"label {label!r} is not in the label set {labels} ({_rows(indices, path)}); "
+                f"label {label!r} is not in the label set {labels} ({rows_text(indices, path)}); "
                 "fix the rows or add the label to data.label2id",
             )
 
@@ -119,7 +119,7 @@ def check_table(
     conflicting = conflicting[conflicting > 1]
     if len(conflicting):
         indices = list(table.index[table[text_column].isin(conflicting.index)])
-        report.add("error", f"{len(conflicting)} texts appear with different labels ({_rows(indices, path)})")
+        report.add("error", f"{len(conflicting)} texts appear with different labels ({rows_text(indices, path)})")
     return report
 
 
@@ -129,7 +129,7 @@ def check_overlap(train: pd.DataFrame, other: pd.DataFrame, other_path: str, tex
     if len(shared):
         report.add(
             "error",
-            f"{len(shared)} texts also appear in the training file (leakage; {_rows(list(shared), other_path)}); "
+            f"{len(shared)} texts also appear in the training file (leakage; {rows_text(list(shared), other_path)}); "
             "remove them from one of the files",
         )
 
@@ -147,7 +147,7 @@ def check_near_duplicate_overlap(train: pd.DataFrame, other: pd.DataFrame, other
         report.add(
             "warning",
             f"{len(shared)} texts are near-duplicates of training texts (paraphrases or overlapping passages; "
-            f"{_rows(shared, other_path)}); scores on them overstate accuracy on new passages",
+            f"{rows_text(shared, other_path)}); scores on them overstate accuracy on new passages",
         )
 
 
@@ -160,7 +160,7 @@ def check_lengths(texts: pd.Series, count_tokens: Callable[[str], int], max_text
         report.add(
             "warning",
             f"{len(too_long)} texts are longer than the {max_text_tokens} tokens left for the passage by "
-            f"data.max_length (longest {int(lengths.max())} tokens) and will be truncated ({_rows(too_long, path)})",
+            f"data.max_length (longest {int(lengths.max())} tokens) and will be truncated ({rows_text(too_long, path)})",
         )
 
 
@@ -213,7 +213,7 @@ def describe_near_duplicates(groups: list[int], path: str, report: DataReport) -
         report.add(
             "warning",
             f"{len(in_groups)} texts have near-duplicates in the same file (paraphrases or overlapping "
-            f"passages; {sum(1 for n in sizes.values() if n > 1)} groups, e.g. {_rows(in_groups, path, 5)}); "
+            f"passages; {sum(1 for n in sizes.values() if n > 1)} groups, e.g. {rows_text(in_groups, path, 5)}); "
             "a validation split keeps each group on one side so they cannot inflate validation scores",
         )
 

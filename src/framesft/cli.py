@@ -22,6 +22,9 @@ EPILOG = """examples:
   framesft baseline configs/smollm2-brexit.yaml           TF-IDF + logistic regression floor
   framesft export runs/my-run --output merged/            adapter merged into a plain transformers model
   framesft config --explain                               every config key: type, default, what it does
+  framesft predict runs/my-run --input debates.parquet --output frames.parquet --keep-columns date,party
+  framesft sample frames.parquet --n 200 --output coding_sheet.csv --corpus debates.parquet
+  framesft estimate frames.parquet --audit coding_sheet.csv --by party --time-column date --time-unit month
 """
 
 
@@ -49,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="CSV/JSONL/Parquet file with text and label columns")
     p.add_argument("--output-dir", help="where to write results (default: RUN/eval_<file name>)")
     add_file_format(p, "the run's data.encoding", "the run's data.delimiter")
+    p.add_argument("--coder-columns", help="comma-separated columns with other human coders' labels (empty cell: "
+                                           "not coded): reports human-human agreement beside model-human agreement")
 
     p = commands.add_parser("predict", help="label new text with a trained run")
     p.add_argument("run", help="run folder written by `framesft train`")
@@ -61,7 +66,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--query", help="DuckDB input: a table name or SELECT statement")
     p.add_argument("--chunk-rows", type=int, default=1000,
                    help="rows per chunk; each finished chunk is saved, so a rerun resumes after it (default 1000)")
+    p.add_argument("--keep-columns", help="comma-separated input columns to carry into the output (e.g. "
+                                          "date,party,speaker: what `framesft estimate` groups by)")
     add_file_format(p, "the run's data.encoding", "the run's data.delimiter")
+
+    p = commands.add_parser("calibrate", help="fit the run's temperature (calibrated probabilities) on labelled data",
+                            description="Temperature scaling: one number T that divides the label scores before "
+                            "the softmax, fitted by log loss. Training already fits it on the validation split; "
+                            "this refits it on any labelled file (or the validation split again). Predicted "
+                            "labels never change.")
+    p.add_argument("run", help="run folder written by `framesft train`")
+    p.add_argument("--data", help="labelled file (default: the run's validation split, rebuilt from its config)")
+    add_file_format(p, "the run's data.encoding", "the run's data.delimiter")
+
+    p = commands.add_parser("sample", help="draw an audit sample of predictions for human coding",
+                            description="Writes a coding sheet (CSV): id, inclusion probability, stratum, text and an "
+                            "empty label column, in random order. A simple random sample is what the estimators need; "
+                            "stratify to oversample rare predicted labels or small groups.")
+    p.add_argument("predictions", help="the .csv or .parquet file `framesft predict` wrote")
+    p.add_argument("--n", type=int, required=True, help="rows to draw")
+    p.add_argument("--output", required=True, help="coding sheet to write (.csv)")
+    p.add_argument("--stratify-by", help="'predicted' (the model's label) or a column kept with --keep-columns; "
+                                         "proportional allocation, at least 2 rows per stratum")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--corpus", help="the classified input, for the texts when the predictions do not carry them")
+    p.add_argument("--text-column", default="chunk_text", help="text column (default chunk_text)")
+    p.add_argument("--id-column", help="id column of the predictions (default: their first column)")
+    p.add_argument("--corpus-id-column", help="id column of --corpus when it is named differently")
+    p.add_argument("--with-model-label", action="store_true",
+                   help="add the model's label to the sheet (off by default: it anchors coders)")
+    add_file_format(p, "utf-8", "by suffix")
+
+    p = commands.add_parser("estimate", help="frame shares with confidence intervals, overall, per group, over time",
+                            description="Classify-and-count, calibrated probabilistic classify-and-count and, with a "
+                            "coded audit sample, prediction-powered (PPI++) estimates with 95%% intervals. Writes "
+                            "shares.csv, shares.parquet, a figure (PNG) and shares.html.")
+    p.add_argument("predictions", help="the .csv or .parquet file `framesft predict` wrote")
+    p.add_argument("--audit", help="the coding sheet of `framesft sample`, with its label column filled in")
+    p.add_argument("--by", help="comma-separated grouping columns (kept with predict --keep-columns), e.g. party")
+    p.add_argument("--time-column", help="date column for shares over time (YYYY-MM-DD)")
+    p.add_argument("--time-unit", default="month", choices=["day", "week", "month", "quarter", "year"],
+                   help="time bin (default month)")
+    p.add_argument("--id-column", help="id column of the predictions (default: their first column)")
+    p.add_argument("--output-dir", default="shares", help="new folder for the results (default: shares)")
+    add_file_format(p, "utf-8", "by suffix")
 
     p = commands.add_parser("compare", help="evaluate several runs on the same data, with paired statistics")
     p.add_argument("runs", nargs="+", help="run folders")
@@ -182,17 +230,26 @@ def dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "config":
         return command_config(args)
+    if args.command == "calibrate":
+        return command_calibrate(args, show_progress)
+    if args.command == "sample":
+        return command_sample(args)
+    if args.command == "estimate":
+        return command_estimate(args)
     raise AssertionError(args.command)
 
 
 def command_train(args, show_progress: bool) -> int:
     from .config import load_config
-    from .terminal import console, metrics_table
+    from .terminal import calibration_table, console, metrics_table
     from .training import train
 
     config = load_config(args.config, args.overrides)
     result = train(config, args.run_dir, overwrite=args.overwrite, resume=args.resume, show_progress=show_progress)
     console.print(metrics_table(result.metrics, f"{result.run_dir}: best checkpoint"))
+    last_split = "test" if "test" in result.metrics else "validation"
+    console.print(calibration_table(result.metrics[last_split], f"calibration on the {last_split} split "
+                                                                 "(temperature fitted on the validation split)"))
     console.print(f"trained {result.global_step} steps in {result.train_seconds / 60:.1f} min; "
                   f"run folder: {result.run_dir}")
     return 0
@@ -200,11 +257,14 @@ def command_train(args, show_progress: bool) -> int:
 
 def command_evaluate(args, show_progress: bool) -> int:
     from .evaluation import evaluate_run
-    from .terminal import console, metrics_table, per_class_table
+    from .terminal import agreement_table, calibration_table, console, metrics_table, per_class_table
 
-    metrics = evaluate_run(args.run, args.data, args.output_dir, show_progress, args.encoding, args.delimiter)
+    metrics = evaluate_run(args.run, args.data, args.output_dir, show_progress, args.encoding, args.delimiter,
+                           split_list(args.coder_columns))
     console.print(per_class_table(metrics, f"{args.data}: per class"))
     console.print(metrics_table({Path(args.run).name: metrics}, f"{args.data} ({metrics['n']} passages)"))
+    console.print(calibration_table(metrics, "calibration"))
+    console.print(agreement_table(metrics, "the model as a coder: agreement (bootstrap 95% intervals)"))
     console.print(f"results written to {metrics['output_dir']}")
     return 0
 
@@ -220,7 +280,7 @@ def command_predict(args, show_progress: bool) -> int:
     if not args.output:
         raise FrameSFTError("predict --input needs --output FILE (.csv or .parquet)")
     n = predict_corpus(args.run, args.input, args.output, args.text_column, args.id_column, args.query,
-                       args.chunk_rows, show_progress, args.encoding, args.delimiter)
+                       args.chunk_rows, show_progress, args.encoding, args.delimiter, split_list(args.keep_columns))
     if n is not None:
         print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
     return 0
@@ -276,6 +336,54 @@ def command_data_check(args) -> int:
     if args.config and method is None:
         console.print(f"[yellow]note[/yellow]: {skipped}")
     return 1 if any(report.errors for report in reports) else 0
+
+
+def split_list(text: str | None) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()] if text else []
+
+
+def command_calibrate(args, show_progress: bool) -> int:
+    from .evaluation import calibrate_run
+    from .terminal import calibration_table, console
+
+    report = calibrate_run(args.run, args.data, show_progress, args.encoding, args.delimiter)
+    console.print(calibration_table({"calibration": report}, f"fitted on {report['fitted_on']} "
+                                                             f"({report['passages']} passages)"))
+    console.print(f"temperature written to {Path(args.run) / 'calibration.json'}; evaluate, predict, compare and "
+                  "estimate now use the calibrated probabilities")
+    return 0
+
+
+def command_sample(args) -> int:
+    from .audit import draw_audit_sample
+    from .terminal import console
+
+    sheet = draw_audit_sample(args.predictions, args.n, args.output, args.stratify_by, args.seed, args.id_column,
+                              args.corpus, args.text_column, args.corpus_id_column, args.with_model_label,
+                              args.encoding or "utf-8", args.delimiter)
+    design = "simple random sample" if not args.stratify_by else f"stratified by {args.stratify_by}"
+    console.print(f"wrote {len(sheet)} rows ({design}) to {args.output}: fill in the 'label' column, then run "
+                  f"framesft estimate {args.predictions} --audit {args.output}")
+    return 0
+
+
+def command_estimate(args) -> int:
+    from .audit import read_coded_sheet
+    from .estimation import estimate_shares
+    from .findings import coverage_note, write_findings
+    from .terminal import console, shares_table
+
+    audit = None
+    if args.audit:
+        audit = read_coded_sheet(args.audit, args.predictions, id_column=args.id_column,
+                                 encoding=args.encoding or "utf-8", delimiter=args.delimiter)
+    by = split_list(args.by)
+    table = estimate_shares(args.predictions, audit, by, args.time_column, args.time_unit, args.id_column)
+    folder = write_findings(table, args.output_dir, by, args.time_column, str(args.predictions), args.audit)
+    console.print(shares_table(table, by + (["period"] if args.time_column else [])))
+    console.print(f"[yellow]{coverage_note(args.audit)}[/yellow]")
+    console.print(f"written: {folder}/shares.csv, shares.parquet, shares.html and the figure")
+    return 0
 
 
 def command_config(args) -> int:

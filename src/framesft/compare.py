@@ -11,10 +11,12 @@ import itertools
 from pathlib import Path
 
 from .baseline import tfidf_baseline
+from .calibration import calibration_report
 from .dataset import load_run_data, read_labelled_file
 from .errors import DataError
 from .inference import load_classifier
 from .metrics import classification_metrics
+from .reliability import agreement
 from .runfolder import (SUMMARY_FILE, TRAINER_STATE_FILE, read_json, read_label_map, read_run_config, write_json,
                         write_text)
 from .statistics import paired_comparison
@@ -45,13 +47,20 @@ def compare_runs(run_dirs: list[str | Path], data_path: str | Path, output_dir: 
     texts, truth = table[data.text_column].tolist(), table[data.label_column].tolist()
     predictions: dict[str, list[str]] = {}
     facts: dict[str, dict] = {}
+    calibration: dict[str, dict] = {}
+    truth_index = [labels.index(label) for label in truth]
     for run_dir in run_dirs:
         classifier = load_classifier(run_dir)
         if sorted(classifier.labels) != sorted(labels):
             raise DataError(f"{run_dir} was trained on labels {classifier.labels}, {run_dirs[0]} on {labels}; "
                             "runs must share a label set to be compared")
         name = run_dir.name if run_dir.name not in predictions else str(run_dir)
-        predictions[name] = classifier.score(texts, f"scoring {name}", show_progress).predictions
+        raw = classifier.score(texts, f"scoring {name}", show_progress, calibrated=False)
+        scores = classifier.calibrated(raw)
+        # the run's own label order may differ: map its predictions and score columns onto the first run's
+        predictions[name] = scores.predictions
+        order = [classifier.labels.index(label) for label in labels]
+        calibration[name] = calibration_report(raw.scores[:, order], truth_index, classifier.temperature)
         facts[name] = {"method": classifier.config.method, **run_facts(run_dir)}
         del classifier
     if baseline:
@@ -61,6 +70,10 @@ def compare_runs(run_dirs: list[str | Path], data_path: str | Path, output_dir: 
         facts["tfidf-baseline"] = {"method": "tfidf+logreg", "train_rows": len(train)}
 
     metrics = {name: classification_metrics(truth, pred, labels) for name, pred in predictions.items()}
+    for name, pred in predictions.items():
+        metrics[name]["agreement"] = agreement([truth, pred], labels)
+        if name in calibration:
+            metrics[name]["calibration"] = calibration[name]
     pairs = {f"{a} vs {b}": paired_comparison(truth, predictions[a], predictions[b], labels)
              for a, b in itertools.combinations(predictions, 2)}
     result = {"data": str(data_path), "n": len(truth), "labels": labels, "facts": facts,
@@ -76,15 +89,24 @@ def compare_runs(run_dirs: list[str | Path], data_path: str | Path, output_dir: 
 
 def _rows(result: dict) -> tuple[list[str], list[list[str]]]:
     header = ["run", "method", "F1 macro", "F1 micro", "F1 weighted", "accuracy", "precision", "recall",
-              *[f"F1 {label}" for label in result["labels"]], "train min", "train tok/s", "trainable params"]
+              *[f"F1 {label}" for label in result["labels"]], "alpha (95% CI)", "kappa", "ECE raw → calibrated",
+              "train min", "train tok/s", "trainable params"]
     rows = []
     for name, m in result["metrics"].items():
         f = result["facts"].get(name, {})
         rows.append([name, f.get("method", ""), *(f"{m[k]:.3f}" for k in ("f1_macro", "f1_micro", "f1_weighted",
                      "accuracy", "precision", "recall")), *(f"{m['per_class'][l]['f1']:.3f}" for l in result["labels"]),
-                     str(f.get("train_minutes", "—")), str(f.get("train_tokens_per_second", "—")),
+                     *agreement_cells(m), str(f.get("train_minutes", "—")), str(f.get("train_tokens_per_second", "—")),
                      f"{f['trainable_parameters']:,}" if f.get("trainable_parameters") else "—"])
     return header, rows
+
+
+def agreement_cells(metrics: dict) -> list[str]:
+    a = metrics["agreement"]
+    cells = [f"{a['krippendorff_alpha']:.3f} ({a['alpha_ci95'][0]:.3f}–{a['alpha_ci95'][1]:.3f})",
+             f"{a['cohen_kappa']:.3f}"]
+    c = metrics.get("calibration")
+    return cells + [f"{c['before']['ece']:.3f} → {c['after']['ece']:.3f}" if c else "—"]
 
 
 def _pair_rows(result: dict) -> tuple[list[str], list[list[str]]]:

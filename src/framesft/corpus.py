@@ -17,7 +17,7 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import pandas as pd
 
@@ -39,12 +39,19 @@ class CorpusSource:
     chunk_rows: int = 1000
     encoding: str = "utf-8"  # CSV/TSV only
     delimiter: str | None = None  # CSV/TSV only; None: by suffix
+    keep_columns: tuple[str, ...] = ()  # input columns carried into the output (date, party, speaker, ...)
+
+    def columns(self) -> list[str]:
+        """The input columns prediction reads: the text, the id and the columns to keep."""
+        wanted = [self.text_column, *([self.id_column] if self.id_column else []), *self.keep_columns]
+        return list(dict.fromkeys(wanted))
 
     def describe(self) -> dict:
         stat = self.path.stat()
         return {"input": str(self.path.resolve()), "size": stat.st_size, "mtime": stat.st_mtime,
                 "text_column": self.text_column, "id_column": self.id_column, "query": self.query,
-                "chunk_rows": self.chunk_rows, "encoding": self.encoding, "delimiter": self.delimiter}
+                "chunk_rows": self.chunk_rows, "encoding": self.encoding, "delimiter": self.delimiter,
+                "keep_columns": list(self.keep_columns)}
 
 
 def iter_chunks(source: CorpusSource) -> Iterator[pd.DataFrame]:
@@ -67,8 +74,7 @@ def iter_chunks(source: CorpusSource) -> Iterator[pd.DataFrame]:
     for chunk in chunks:
         chunk = chunk.reset_index(drop=True)
         if start == 0:
-            require_columns(chunk, [source.text_column] + ([source.id_column] if source.id_column else []), path,
-                            source.encoding, source.delimiter)
+            require_columns(chunk, source.columns(), path, source.encoding, source.delimiter)
         chunk["_row"] = range(start, start + len(chunk))
         start += len(chunk)
         yield chunk
@@ -88,7 +94,7 @@ def _jsonl_chunks(source: CorpusSource) -> Iterator[pd.DataFrame]:
 def _parquet_chunks(source: CorpusSource) -> Iterator[pd.DataFrame]:
     import pyarrow.parquet as pq
 
-    columns = [source.text_column] + ([source.id_column] if source.id_column else [])
+    columns = source.columns()
     parquet = pq.ParquetFile(source.path)
     missing = [c for c in columns if c not in parquet.schema_arrow.names]
     if missing:
@@ -209,11 +215,11 @@ def merge_parts(parts: Path, n_chunks: int, output: Path) -> int:
 def predict_corpus(run_dir: str | Path, input_path: str | Path, output_path: str | Path,
                    text_column: str | None = None, id_column: str | None = None, query: str | None = None,
                    chunk_rows: int = 1000, show_progress: bool = True, encoding: str | None = None,
-                   delimiter: str | None = None) -> int | None:
+                   delimiter: str | None = None, keep_columns: Sequence[str] = ()) -> int | None:
     """Label every row of a corpus, streaming and resumable; returns the row count.
 
     CSV/TSV input is read with the run's data.encoding and data.delimiter unless `encoding`/`delimiter` are
-    given. Under `accelerate launch`/`torchrun` every process scores its share of the chunks and the main
+    given. `keep_columns` are copied from the input into the output, after the id. Under `accelerate launch`/`torchrun` every process scores its share of the chunks and the main
     process merges; the other processes return None.
     """
     from .evaluation import predictions_table
@@ -232,7 +238,10 @@ def predict_corpus(run_dir: str | Path, input_path: str | Path, output_path: str
     classifier = load_classifier(run_dir, device=state.device)
     data = classifier.config.data.with_format(encoding, delimiter)
     source = CorpusSource(Path(input_path), text_column or data.text_column, id_column, query, chunk_rows,
-                          data.encoding, data.delimiter)
+                          data.encoding, data.delimiter, tuple(keep_columns))
+    clash = {"predicted", "margin", *(f"p_{label}" for label in classifier.labels)} & set(keep_columns)
+    if clash:
+        raise DataError(f"--keep-columns {sorted(clash)}: these names are prediction columns; rename them in the input")
     parts = prepare_parts(output, source, Path(run_dir), state.is_main_process)
     state.wait_for_everyone()
     total = count_rows(source) if state.is_main_process else None
@@ -246,8 +255,10 @@ def predict_corpus(run_dir: str | Path, input_path: str | Path, output_path: str
                 advance(len(chunk) if state.num_processes == 1 else 0)
                 continue
             texts = chunk[source.text_column].tolist()
-            result = predictions_table(texts, scorer.score_texts(texts)).drop(columns=["text"])
+            result = predictions_table(texts, classifier.calibrated(scorer.score_texts(texts))).drop(columns=["text"])
             result.insert(0, id_column or "row", chunk[id_column].values if id_column else chunk["_row"].values)
+            for position, column in enumerate(c for c in keep_columns if c != id_column):
+                result.insert(1 + position, column, chunk[column].values)
             write_part(parts, index, result)
             advance(len(chunk) * state.num_processes)
     state.wait_for_everyone()

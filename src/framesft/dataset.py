@@ -13,7 +13,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from .checks import DataReport, check_lengths, check_table, check_tables, raise_on_errors
+from .checks import DataReport, check_lengths, check_table, check_tables, raise_on_errors, rows_text
 from .config import DataSection, FrameSFTConfig
 from .errors import DataError
 from .tables import read_table
@@ -76,11 +76,34 @@ def check_run_lengths(data: RunData, text_column: str, count_tokens, max_text_to
             log.warning("%s: %s", Path(report.path).name, finding.message)
 
 
-def read_labelled_file(path: str | Path, data: DataSection, labels: list[str]) -> pd.DataFrame:
+def read_labelled_file(path: str | Path, data: DataSection, labels: list[str],
+                       extra_columns: Sequence[str] = ()) -> pd.DataFrame:
     """A labelled file to score a trained model on, checked against the model's label set."""
-    table = read_data_file(path, data)
+    table = read_data_file(path, data, [data.text_column, data.label_column, *extra_columns])
     raise_on_errors([check_table(table, str(path), data.text_column, data.label_column, labels)])
     return table
+
+
+def read_coder_columns(table: pd.DataFrame, path: str, columns: Sequence[str],
+                       labels: list[str]) -> dict[str, list[str]] | None:
+    """Human coders' labels (one column each; an empty cell means not coded), checked against the label set."""
+    if not columns:
+        return None
+    if len(columns) < 2:
+        raise DataError(f"--coder-columns {','.join(columns)}: name at least two coders' columns "
+                        "(human-human agreement needs two coders)")
+    report = DataReport(path=path, rows=len(table))
+    canonical = {label.casefold(): label for label in labels}
+    coders = {}
+    for column in columns:
+        values = table[column].str.strip().map(lambda v: canonical.get(v.casefold(), v) if v else v)
+        unknown = values[(values != "") & ~values.isin(labels)]
+        for label in sorted(set(unknown)):
+            report.add("error", f"column {column!r}: label {label!r} is not in the label set {labels} "
+                                f"({rows_text(list(unknown.index[unknown == label]), path)})")
+        coders[column] = values.tolist()
+    raise_on_errors([report])
+    return coders
 
 
 

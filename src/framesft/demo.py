@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import shutil
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from .evaluation import evaluate_texts
 from .inference import load_classifier, load_zero_shot, predict_texts
 from .metrics import headline
 from .runfolder import write_json
-from .terminal import console, metrics_table, per_class_table
+from .terminal import agreement_table, calibration_table, console, metrics_table, per_class_table, shares_table
 from .training import train
 
 DEMO_CONFIG = Path(__file__).parent / "resources" / "demo.yaml"
@@ -57,11 +58,47 @@ def run_demo(run_dir: str | Path | None = None, overwrite: bool = False, overrid
         "total_seconds": round(time.perf_counter() - started, 1),
         "examples": examples[["text", "predicted"]].to_dict(orient="records"),
     }
+    shares = shares_from_test_split(Path(result.run_dir), data.labels, text_col)
+    summary["krippendorff_alpha"] = after["agreement"]["model_vs_gold"]["krippendorff_alpha"]
+    summary["ece"] = {"raw": after["calibration"]["before"]["ece"], "calibrated": after["calibration"]["after"]["ece"]}
     write_json(Path(result.run_dir) / "demo_summary.json", summary)
     console.print(per_class_table(after, "fine-tuned: per-class scores on the test split"))
     for row in summary["examples"]:
         console.print(f"[bold]{row['predicted']}[/bold] <- {row['text']}")
     console.print(metrics_table({"before (zero-shot)": before, "after (fine-tuned)": after},
                                 f"test split ({len(data.test)} passages): before vs after fine-tuning"))
+    console.print(calibration_table(after, "calibration on the test split (temperature fitted on validation)"))
+    console.print(agreement_table(after, "the fine-tuned model as a coder (test split, bootstrap 95% intervals)"))
+    console.print(shares_table(shares, []))
+    console.print("shares of the test split: a random half of it plays the human-coded audit sample "
+                  f"(framesft sample + estimate); written to {Path(result.run_dir) / 'shares'}")
     console.print(f"run folder: {result.run_dir}   total time: {summary['total_seconds']:.0f} s")
     return summary
+
+
+def shares_from_test_split(run_dir: Path, labels: list[str], text_column: str):
+    """The findings path on the demo's test split: its predictions as a corpus, a random half of it drawn as the
+    audit sample and 'coded' with the gold labels, then frame shares with intervals (framesft estimate)."""
+    import pandas as pd
+
+    from .audit import draw_audit_sample, read_coded_sheet
+    from .estimation import estimate_shares
+    from .findings import write_findings
+
+    predictions = pd.read_csv(run_dir / "predictions_test.csv", keep_default_na=False, dtype=str)
+    work = run_dir / "findings_input"
+    work.mkdir(exist_ok=True)
+    corpus = predictions.drop(columns=["label"]).rename(columns={"text": text_column})
+    corpus.insert(0, "id", [f"test-{i}" for i in range(len(corpus))])
+    corpus.to_csv(work / "test_predictions.csv", index=False)
+    sheet = draw_audit_sample(work / "test_predictions.csv", len(corpus) // 2, work / "coding_sheet.csv",
+                              text_column=text_column, seed=0)
+    gold = dict(zip(corpus["id"], predictions["label"]))
+    sheet["label"] = [gold[i] for i in sheet["id"]]  # a human coder would fill this column in
+    sheet.to_csv(work / "coding_sheet_coded.csv", index=False)
+    audit = read_coded_sheet(work / "coding_sheet_coded.csv", work / "test_predictions.csv", labels)
+    shares = estimate_shares(work / "test_predictions.csv", audit)
+    shutil.rmtree(run_dir / "shares", ignore_errors=True)
+    write_findings(shares, run_dir / "shares", [], None, str(work / "test_predictions.csv"),
+                   str(work / "coding_sheet_coded.csv"))
+    return shares

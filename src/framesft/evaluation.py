@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import pandas as pd
 
+from .calibration import calibration_report, fit_temperature
 from .metrics import classification_metrics, per_class_rows
 from .plots import confusion_matrix_figure, save_png
+from .reliability import model_as_coder
 from .runfolder import write_json, write_table
 from .scoring import LabelScores
 
@@ -32,10 +34,22 @@ def predictions_table(texts: Sequence[str], scores: LabelScores, y_true: Sequenc
 
 
 def evaluate_texts(classifier: Classifier, texts: Sequence[str], y_true: Sequence[str],
-                   description: str = "evaluating", show_progress: bool = True) -> tuple[dict, pd.DataFrame]:
-    """Metrics and the predictions table of a classifier on labelled passages."""
-    scores = classifier.score(texts, description, show_progress)
+                   description: str = "evaluating", show_progress: bool = True, calibrate: bool = False,
+                   coders: dict[str, Sequence[str]] | None = None) -> tuple[dict, pd.DataFrame]:
+    """Metrics and the predictions table (calibrated probabilities) of a classifier on labelled passages.
+
+    Besides the classification metrics: calibration before/after the classifier's temperature (with
+    `calibrate`, the temperature is first fitted on these passages) and agreement statistics of the model as a
+    coder (with `coders`, human coders' columns, also human-human agreement).
+    """
+    raw = classifier.score(texts, description, show_progress, calibrated=False)
+    truth = [classifier.labels.index(label) for label in y_true]
+    if calibrate:
+        classifier.temperature = fit_temperature(raw.scores, truth)
+    scores = raw.with_temperature(classifier.temperature)
     metrics = classification_metrics(list(y_true), scores.predictions, classifier.labels)
+    metrics["calibration"] = calibration_report(raw.scores, truth, classifier.temperature)
+    metrics["agreement"] = model_as_coder(list(y_true), scores.predictions, classifier.labels, coders)
     return metrics, predictions_table(texts, scores, y_true)
 
 
@@ -53,20 +67,48 @@ def write_evaluation(folder: Path, split: str, metrics: dict, predictions: pd.Da
 
 
 def evaluate_run(run_dir: str | Path, data_path: str | Path, output_dir: str | Path | None = None,
-                 show_progress: bool = True, encoding: str | None = None, delimiter: str | None = None) -> dict:
+                 show_progress: bool = True, encoding: str | None = None, delimiter: str | None = None,
+                 coder_columns: Sequence[str] = ()) -> dict:
     """Evaluate a trained run on a labelled file; write metrics, per-class report, confusion matrix, predictions.
 
     The file is read with the run's columns, encoding and delimiter unless `encoding`/`delimiter` say otherwise.
+    `coder_columns` name columns with other human coders' labels (empty cell: not coded) for human-human
+    agreement beside model-human agreement.
     """
-    from .dataset import read_labelled_file
+    from .dataset import read_coder_columns, read_labelled_file
     from .inference import load_classifier
 
     classifier = load_classifier(run_dir)
     data = classifier.config.data.with_format(encoding, delimiter)
-    table = read_labelled_file(data_path, data, classifier.labels)
+    table = read_labelled_file(data_path, data, classifier.labels, extra_columns=coder_columns)
+    coders = read_coder_columns(table, str(data_path), coder_columns, classifier.labels)
     metrics, predictions = evaluate_texts(classifier, table[data.text_column].tolist(),
-                                          table[data.label_column].tolist(), show_progress=show_progress)
+                                          table[data.label_column].tolist(), show_progress=show_progress,
+                                          coders=coders)
     folder = Path(output_dir) if output_dir else Path(run_dir) / f"eval_{Path(data_path).stem}"
     write_evaluation(folder, "eval", metrics, predictions)
     metrics["output_dir"] = str(folder)
     return metrics
+
+
+def calibrate_run(run_dir: str | Path, data_path: str | Path | None = None, show_progress: bool = True,
+                  encoding: str | None = None, delimiter: str | None = None) -> dict:
+    """Fit the run's temperature on a labelled file (default: the run's own validation split, rebuilt from
+    its config) and store it in the run folder; returns the calibration report (before/after)."""
+    from .calibration import save_temperature
+    from .dataset import load_run_data, read_labelled_file
+    from .inference import load_classifier
+
+    classifier = load_classifier(run_dir)
+    data = classifier.config.data.with_format(encoding, delimiter)
+    if data_path is None:
+        table, source = load_run_data(classifier.config).validation, "validation split"
+    else:
+        table, source = read_labelled_file(data_path, data, classifier.labels), str(data_path)
+    texts, y_true = table[data.text_column].tolist(), table[data.label_column].tolist()
+    raw = classifier.score(texts, "calibrating", show_progress, calibrated=False)
+    truth = [classifier.labels.index(label) for label in y_true]
+    temperature = fit_temperature(raw.scores, truth)
+    report = calibration_report(raw.scores, truth, temperature)
+    save_temperature(Path(run_dir), temperature, source, len(texts), report)
+    return {"fitted_on": source, "passages": len(texts), **report}

@@ -9,6 +9,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from .calibration import read_temperature
 from .config import FrameSFTConfig
 from .evaluation import predictions_table
 from .methods import Method, Scorer, build_method
@@ -29,13 +30,20 @@ class Classifier:
     model: object
     tokenizer: object
     method: Method
+    temperature: float = 1.0  # calibration (calibration.py): probabilities are softmax(scores / temperature)
 
     def scorer(self) -> Scorer:
+        """Raw label scores (temperature 1); `calibrated` applies the run's temperature to them."""
         return self.method.scorer(self.model)
 
-    def score(self, texts: Sequence[str], description: str = "scoring", show_progress: bool = True) -> LabelScores:
+    def calibrated(self, scores: LabelScores) -> LabelScores:
+        return scores.with_temperature(self.temperature)
+
+    def score(self, texts: Sequence[str], description: str = "scoring", show_progress: bool = True,
+              calibrated: bool = True) -> LabelScores:
         with progress_bar(len(texts), description, enabled=show_progress) as advance:
-            return self.scorer().score_texts(list(texts), on_progress=advance)
+            scores = self.scorer().score_texts(list(texts), on_progress=advance)
+        return self.calibrated(scores) if calibrated else scores
 
 
 def load_classifier(run_dir: str | Path, device=None) -> Classifier:
@@ -50,7 +58,8 @@ def load_classifier(run_dir: str | Path, device=None) -> Classifier:
                            pad_token_id=tokenizer.pad_token_id)
     model = load_adapter(base, run_dir / ADAPTER_DIR)
     model.eval()
-    return Classifier(config, labels, model, tokenizer, build_method(config, tokenizer, labels))
+    return Classifier(config, labels, model, tokenizer, build_method(config, tokenizer, labels),
+                      read_temperature(run_dir))
 
 
 def load_zero_shot(config: FrameSFTConfig, labels: list[str], device=None) -> Classifier:

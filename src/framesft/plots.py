@@ -62,9 +62,84 @@ def save_png(fig, path: str | Path, dpi: int = 120) -> None:
     _pyplot().close(fig)
 
 
-def png_data_uri(fig, dpi: int = 110) -> str:
-    """The figure as an inline image for a self-contained HTML page."""
+def png_bytes(fig, dpi: int = 110) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     _pyplot().close(fig)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return buffer.getvalue()
+
+
+def png_data_uri(fig_or_png, dpi: int = 110) -> str:
+    """A figure (or PNG bytes) as an inline image for a self-contained HTML page."""
+    data = fig_or_png if isinstance(fig_or_png, bytes) else png_bytes(fig_or_png, dpi)
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+def _share_columns(table) -> tuple[str, str]:
+    """The best estimate the table has: PPI when there was an audit, else the calibrated PCC."""
+    return ("ppi", "PPI (model + audit)") if "ppi" in table.columns else ("pcc", "PCC (sampling noise only)")
+
+
+def shares_over_time_figure(table, group_column: str | None = None):
+    """One panel per group (or one panel), a line per label over the periods, with its 95% interval as a band."""
+    plt = _pyplot()
+    estimate, description = _share_columns(table)
+    rows = table[table["period"] != "(all)"]
+    groups = ["(all)"] + ([] if group_column is None else sorted(v for v in rows[group_column].unique()
+                                                                 if v != "(all)"))
+    fig, axes = plt.subplots(len(groups), 1, figsize=(10, 3.2 * len(groups)), squeeze=False)
+    for ax, group in zip(axes[:, 0], groups):
+        part = rows if group_column is None else rows[rows[group_column] == group]
+        for label, line in part.groupby("label", sort=False):
+            line = line.sort_values("period")
+            ax.plot(line["period"], line[estimate], marker="o", label=label)
+            ax.fill_between(line["period"], line[f"{estimate}_low"], line[f"{estimate}_high"], alpha=0.2)
+        ax.set(ylabel="share", ylim=(0, None), title=f"{group_column} = {group}" if group != "(all)" else
+               f"frame shares over time: {description}, 95% intervals")
+        ax.tick_params(axis="x", rotation=45)
+    axes[0, 0].legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def shares_by_group_figure(table, group_column: str | None = None):
+    """Grouped bars: a bar per label for each group (or overall), with 95% interval whiskers."""
+    plt = _pyplot()
+    estimate, description = _share_columns(table)
+    if group_column is None:
+        rows = table
+        groups = ["(all)"]
+    else:
+        rows = table[table[group_column] != "(all)"]
+        groups = sorted(rows[group_column].unique())
+    labels = list(dict.fromkeys(table["label"]))
+    width = 0.8 / max(1, len(labels))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups) + 3), 4))
+    for j, label in enumerate(labels):
+        part = rows[rows["label"] == label]
+        values = [part[part[group_column] == g] if group_column else part for g in groups]
+        centre = [float(v[estimate].iloc[0]) if len(v) else np.nan for v in values]
+        low = [c - float(v[f"{estimate}_low"].iloc[0]) if len(v) else 0 for c, v in zip(centre, values)]
+        high = [float(v[f"{estimate}_high"].iloc[0]) - c if len(v) else 0 for c, v in zip(centre, values)]
+        ax.bar(np.arange(len(groups)) + j * width, centre, width, yerr=[low, high], capsize=2, label=label)
+    ax.set_xticks(np.arange(len(groups)) + width * (len(labels) - 1) / 2, groups,
+                  rotation=30 if len(groups) > 4 else 0, ha="right" if len(groups) > 4 else "center")
+    ax.set(ylabel="share", title=f"frame shares: {description}, 95% intervals")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def reliability_diagram_figure(before: list[dict], after: list[dict], title: str):
+    """Mean confidence against accuracy per confidence bin, raw and calibrated (point size: passages)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
+    for bins, name, colour in ((before, "raw", "tab:red"), (after, "calibrated", "tab:blue")):
+        if bins:
+            ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", color=colour,
+                    label=name)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top label)", ylabel="accuracy", title=title)
+    ax.legend(loc="upper left", frameon=False)
+    fig.tight_layout()
+    return fig

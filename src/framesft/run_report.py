@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .metrics import HEADLINE
-from .plots import confusion_matrix_figure, learning_curves_figure, png_data_uri
+from .plots import confusion_matrix_figure, learning_curves_figure, png_data_uri, reliability_diagram_figure
 from .runfolder import (LABEL_DISTRIBUTION_FILE, REPORT_FILE, SUMMARY_FILE, TRAINER_STATE_FILE, read_json,
                         write_text)
 from .statistics import bootstrap_intervals
@@ -30,6 +30,37 @@ def _table(table: pd.DataFrame, float_format: str = "{:.3f}") -> str:
         )
         rows.append(f"<tr>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def calibration_section(metrics: dict, split: str) -> str:
+    """Reliability diagram and ECE / Brier / log loss, raw and calibrated (runs before calibration: none)."""
+    calibration = metrics.get("calibration")
+    if not calibration:
+        return ""
+    rows = pd.DataFrame([{"measure": name, "raw": calibration["before"][key], "calibrated": calibration["after"][key]}
+                         for key, name in (("ece", "expected calibration error"), ("brier", "Brier score"),
+                                           ("log_loss", "log loss"))])
+    figure = reliability_diagram_figure(calibration["before"]["reliability"], calibration["after"]["reliability"],
+                                        f"reliability ({split})")
+    return (f'<h2>Calibration</h2><p class="facts">Temperature scaling fitted on the validation split: '
+            f'T = {calibration["temperature"]:.2f} (T &gt; 1: the raw probabilities were over-confident). '
+            f'Predicted labels are unchanged.</p><div id="calibration-table">{_table(rows)}</div>'
+            f'<img alt="reliability diagram" src="{png_data_uri(figure)}">')
+
+
+def agreement_section(metrics: dict) -> str:
+    """Krippendorff's alpha and Cohen's kappa of the model against the gold labels, with 95% intervals."""
+    agreement = metrics.get("agreement", {}).get("model_vs_gold")
+    if not agreement:
+        return ""
+    rows = pd.DataFrame([
+        {"statistic": "Krippendorff's alpha (nominal)", "value": agreement["krippendorff_alpha"],
+         "95% CI": "{:.3f} – {:.3f}".format(*agreement["alpha_ci95"])},
+        {"statistic": "Cohen's kappa", "value": agreement["cohen_kappa"],
+         "95% CI": "{:.3f} – {:.3f}".format(*agreement["kappa_ci95"])}])
+    return (f'<h2>The model as a coder</h2><div id="agreement-table">{_table(rows)}</div>'
+            '<p class="facts">Agreement of the model with the gold labels, as reported for human coders (bootstrap '
+            'over passages). `framesft evaluate --coder-columns` compares it with human-human agreement.</p>')
 
 
 def render_report(run_dir: str | Path, title: str | None = None) -> Path:
@@ -69,6 +100,7 @@ def render_report(run_dir: str | Path, title: str | None = None) -> Path:
     summary = read_json(run_dir / SUMMARY_FILE)
     facts = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in summary.items()
                       if k in ("train_seconds", "global_step", "trainable_parameters", "train_examples", "processes"))
+    calibration, agreement = calibration_section(metrics, split), agreement_section(metrics)
     title = title or f"framesft run {run_dir.name}"
     curves = f'<h2>Learning curves</h2><img alt="learning curves" src="{images["curves"]}">' if "curves" in images else ""
     page = f"""<!doctype html>
@@ -88,6 +120,8 @@ img {{ max-width: 100%; }} .facts {{ color: #555; }}
 <h2>Per class</h2>{_table(per_class)}
 <h2>Confusion matrix</h2><img alt="confusion matrix" src="{images['confusion']}">
 {curves}
+{calibration}
+{agreement}
 <h2>Label distribution</h2>{distribution or '<p>not recorded</p>'}
 <h2>Most confident mistakes</h2>{mistakes_table}
 </body></html>

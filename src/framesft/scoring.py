@@ -27,12 +27,17 @@ from .prompting import PromptBuilder
 class LabelScores:
     labels: list[str]
     scores: np.ndarray  # (n_texts, n_labels) summed (or length-normalised) log-likelihoods
+    temperature: float = 1.0  # probabilities are softmax(scores / temperature); see calibration.py
 
     @property
     def probabilities(self) -> np.ndarray:
-        shifted = self.scores - self.scores.max(axis=1, keepdims=True)
+        shifted = (self.scores - self.scores.max(axis=1, keepdims=True)) / self.temperature
         exp = np.exp(shifted)
         return exp / exp.sum(axis=1, keepdims=True)
+
+    def with_temperature(self, temperature: float) -> LabelScores:
+        """The same scores with calibrated probabilities (the predicted labels do not change)."""
+        return LabelScores(self.labels, self.scores, temperature)
 
     @property
     def predicted_index(self) -> np.ndarray:

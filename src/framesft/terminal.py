@@ -35,6 +35,50 @@ def per_class_table(metrics: dict, title: str) -> Table:
     return table
 
 
+def calibration_table(metrics: dict, title: str) -> Table:
+    """ECE, Brier score and log loss before and after calibration (metrics["calibration"])."""
+    calibration = metrics["calibration"]
+    table = Table(title=f"{title} (temperature {calibration['temperature']:.2f})")
+    for column in ("measure", "raw", "calibrated"):
+        table.add_column(column, justify="left" if column == "measure" else "right")
+    for key, name in (("ece", "expected calibration error"), ("brier", "Brier score"), ("log_loss", "log loss")):
+        table.add_row(name, f"{calibration['before'][key]:.3f}", f"{calibration['after'][key]:.3f}")
+    return table
+
+
+def agreement_table(metrics: dict, title: str) -> Table:
+    """Krippendorff's alpha and Cohen's kappa with 95% intervals (metrics["agreement"])."""
+    table = Table(title=title)
+    for column in ("coders", "Krippendorff's alpha", "95% CI", "Cohen's kappa", "95% CI "):
+        table.add_column(column, justify="left" if column == "coders" else "right")
+    agreement = metrics["agreement"]
+    rows = {"model vs gold": agreement["model_vs_gold"]}
+    if "human_vs_human" in agreement:
+        rows["humans (all coders)"] = agreement["human_vs_human"]
+        rows.update(agreement["pairs"])
+        rows["humans and model"] = agreement["humans_and_model"]
+    for name, a in rows.items():
+        kappa = (f"{a['cohen_kappa']:.3f}", f"{a['kappa_ci95'][0]:.3f} – {a['kappa_ci95'][1]:.3f}") \
+            if "cohen_kappa" in a else ("", "")
+        table.add_row(name, f"{a['krippendorff_alpha']:.3f}",
+                      f"{a['alpha_ci95'][0]:.3f} – {a['alpha_ci95'][1]:.3f}", *kappa)
+    return table
+
+
+def shares_table(table, group_columns: list[str]) -> Table:
+    """The share table: one row per group and label, the best estimate first."""
+    best = "ppi" if "ppi" in table.columns else "pcc"
+    out = Table(title=f"frame shares ({'PPI: model + audit' if best == 'ppi' else 'PCC: sampling noise only'})")
+    for column in [*group_columns, "label", "rows", "cc", best, "95% CI"]:
+        out.add_column(column, justify="left" if column in (*group_columns, "label") else "right")
+    for row in table.itertuples(index=False):
+        values = row._asdict()
+        out.add_row(*(str(values[c]) for c in group_columns), values["label"], str(values["rows"]),
+                    f"{values['cc']:.3f}", f"{values[best]:.3f}",
+                    f"{values[best + '_low']:.3f} – {values[best + '_high']:.3f}")
+    return out
+
+
 def print_data_report(report) -> None:
     """One file's label counts and findings (framesft data check)."""
     console.print(f"[bold]{report.path}[/bold]: {report.rows} rows")

@@ -31,6 +31,7 @@ from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, Traini
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
 
+from .calibration import save_temperature
 from .config import FrameSFTConfig
 from .dataset import RunData, check_run_lengths, load_run_data
 from .errors import FrameSFTError, TrainingInterrupted
@@ -373,8 +374,12 @@ def evaluate_and_summarise(result: TrainResult, classifier: Classifier, data: Ru
     text_col, label_col = classifier.config.data.text_column, classifier.config.data.label_column
     splits = {"validation": data.validation, **({"test": data.test} if data.test is not None else {})}
     for split, table in splits.items():
+        # The temperature is fitted on the validation split and then applied to the test split as it is.
         metrics, predictions = evaluate_texts(classifier, table[text_col].tolist(), table[label_col].tolist(),
-                                              f"final {split}", show_progress)
+                                              f"final {split}", show_progress, calibrate=split == "validation")
+        if split == "validation":
+            save_temperature(result.run_dir, classifier.temperature, "validation split", len(table),
+                             metrics["calibration"])
         write_evaluation(result.run_dir, split, metrics, predictions)
         result.metrics[split] = metrics
     write_json(result.run_dir / SUMMARY_FILE, {
