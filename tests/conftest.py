@@ -92,3 +92,38 @@ def trained_run(tiny_model_dir, tmp_path_factory):
 
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
     return train(tiny_config(tiny_model_dir, run_dir, num_epochs=3), show_progress=False)
+
+
+def write_every_format(table: pd.DataFrame, folder: Path) -> dict[str, Path]:
+    """The same table as CSV, JSONL, Parquet and a DuckDB database (table `chunks`)."""
+    import duckdb
+
+    inputs = {"csv": folder / "c.csv", "jsonl": folder / "c.jsonl", "parquet": folder / "c.parquet",
+              "duckdb": folder / "c.duckdb"}
+    table.to_csv(inputs["csv"], index=False)
+    table.to_json(inputs["jsonl"], orient="records", lines=True)
+    table.to_parquet(inputs["parquet"], index=False)
+    with duckdb.connect(str(inputs["duckdb"])) as connection:
+        connection.register("passages", table)
+        connection.execute("CREATE TABLE chunks AS SELECT * FROM passages")
+    return inputs
+
+
+def render_in_chromium(page: Path, work: Path) -> tuple[str, Path]:
+    """The page's DOM after headless Chromium loaded it, and a 1200 px wide screenshot (skips without Chromium)."""
+    import shutil
+    import subprocess
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Chromium is not installed and could not be installed by `make test` (apt-get chromium)")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={work / 'profile'}"]
+    dom = subprocess.run([chromium, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    shot = work / "screenshot.png"
+    done = subprocess.run([chromium, *flags, f"--screenshot={shot}", "--window-size=1200,1600", page.as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and shot.stat().st_size > 10_000, done.stderr[-2000:]
+    return dom.stdout, shot

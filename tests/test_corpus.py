@@ -14,7 +14,7 @@ import pytest
 from framesft.errors import FrameSFTError
 from framesft.corpus import predict_corpus
 
-from conftest import FRAMES, SAMPLE_DATA
+from conftest import FRAMES, SAMPLE_DATA, write_every_format
 
 pytestmark = pytest.mark.slow
 
@@ -31,16 +31,9 @@ def cli(*args, **kwargs):
 
 
 def test_every_input_format_gives_the_same_predictions(trained_run, tmp_path):
-    import duckdb
-
     frame = corpus_frame(45)
-    inputs = {"csv": tmp_path / "c.csv", "jsonl": tmp_path / "c.jsonl", "parquet": tmp_path / "c.parquet"}
-    frame.to_csv(inputs["csv"], index=False)
-    frame.to_json(inputs["jsonl"], orient="records", lines=True)
-    frame.to_parquet(inputs["parquet"], index=False)
-    database = tmp_path / "c.duckdb"
-    with duckdb.connect(str(database)) as connection:
-        connection.execute("CREATE TABLE chunks AS SELECT * FROM frame")
+    inputs = write_every_format(frame, tmp_path)
+    database = inputs.pop("duckdb")
 
     outputs = {}
     for name, path in inputs.items():
@@ -135,20 +128,11 @@ def test_exported_merged_model_scores_like_the_adapter(trained_run, tmp_path):
 
 
 def test_keep_columns_travel_with_every_input_format_and_a_resumed_run(trained_run, tmp_path, monkeypatch):
-    import duckdb
-
     import framesft.corpus as corpus_module
 
     frame = corpus_frame(30).assign(date=[f"2019-0{1 + i % 9}-15" for i in range(30)],
                                     party=["Lab", "Con", "None"] * 10)
-    inputs = {"csv": tmp_path / "c.csv", "jsonl": tmp_path / "c.jsonl", "parquet": tmp_path / "c.parquet"}
-    frame.to_csv(inputs["csv"], index=False)
-    frame.to_json(inputs["jsonl"], orient="records", lines=True)
-    frame.to_parquet(inputs["parquet"], index=False)
-    database = tmp_path / "c.duckdb"
-    with duckdb.connect(str(database)) as connection:
-        connection.execute("CREATE TABLE chunks AS SELECT * FROM frame")
-    inputs["duckdb"] = database
+    inputs = write_every_format(frame, tmp_path)
     for name, path in inputs.items():
         out = tmp_path / f"out_{name}.csv"
         predict_corpus(trained_run.run_dir, path, out, id_column="chunk_id", chunk_rows=8, show_progress=False,

@@ -1,9 +1,6 @@
 """Frame shares with intervals: checked against a known truth (simulated corpora and classifiers) and against
 ppi_python; audit samples and coded sheets; the estimate command end to end, its page in headless Chromium."""
 
-import shutil
-import subprocess
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,6 +9,8 @@ from framesft.audit import allocate, draw_audit_sample, read_coded_sheet
 from framesft.cli import main
 from framesft.errors import DataError
 from framesft.estimation import cc_interval, estimate_shares, power_tuning, ppi_interval, stratified_ppi_interval
+
+from conftest import render_in_chromium
 
 LABELS = ["Conflict", "Economic", "None"]
 SHARES = {"A": [0.5, 0.3, 0.2], "B": [0.2, 0.3, 0.5]}
@@ -233,20 +232,8 @@ def test_dates_that_are_not_dates_are_named(tmp_path):
 
 @pytest.mark.slow
 def test_estimate_page_renders_in_headless_chromium(tmp_path):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("Chromium is not installed and could not be installed by `make test` (apt-get chromium)")
     predictions = tmp_path / "frames.parquet"
     synthetic_predictions(predictions)
     assert main(["estimate", str(predictions), "--time-column", "date", "--output-dir", str(tmp_path / "out")]) == 0
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}"]
-    url = (tmp_path / "out" / "shares.html").as_uri()
-    dom = subprocess.run([chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    assert 'id="shares-table"' in dom.stdout and 'id="coverage"' in dom.stdout
-    shot = tmp_path / "shares.png"
-    done = subprocess.run([chromium, *flags, f"--screenshot={shot}", "--window-size=1200,1400", url],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and shot.stat().st_size > 10_000, done.stderr[-2000:]
+    dom, _ = render_in_chromium(tmp_path / "out" / "shares.html", tmp_path)
+    assert 'id="shares-table"' in dom and 'id="coverage"' in dom and "data:image/png;base64," in dom

@@ -1,14 +1,14 @@
 """report.html: bootstrap intervals are right, the page is self-contained and renders in headless Chromium."""
 
 import re
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
 from framesft.statistics import bootstrap_intervals
+
+from conftest import render_in_chromium
 
 LABELS = ["A", "B", "C"]
 
@@ -42,17 +42,5 @@ def test_report_is_self_contained(trained_run):
 
 @pytest.mark.slow
 def test_report_renders_in_headless_chromium(trained_run, tmp_path):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("Chromium is not installed and could not be installed by `make test` (apt-get chromium)")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}"]
-    url = (trained_run.run_dir / "report.html").as_uri()
-    dom = subprocess.run([chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    assert 'id="metrics-table"' in dom.stdout and "f1_macro" in dom.stdout
-    shot = tmp_path / "report.png"
-    done = subprocess.run([chromium, *flags, f"--screenshot={shot}", "--window-size=1200,1600", url],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and shot.stat().st_size > 10_000, done.stderr[-2000:]
+    dom, _ = render_in_chromium(trained_run.run_dir / "report.html", tmp_path)
+    assert 'id="metrics-table"' in dom and "f1_macro" in dom

@@ -247,9 +247,10 @@ def command_train(args, show_progress: bool) -> int:
     config = load_config(args.config, args.overrides)
     result = train(config, args.run_dir, overwrite=args.overwrite, resume=args.resume, show_progress=show_progress)
     console.print(metrics_table(result.metrics, f"{result.run_dir}: best checkpoint"))
-    last_split = "test" if "test" in result.metrics else "validation"
-    console.print(calibration_table(result.metrics[last_split], f"calibration on the {last_split} split "
-                                                                 "(temperature fitted on the validation split)"))
+    if result.metrics:  # only the main process evaluates under several processes
+        last_split = "test" if "test" in result.metrics else "validation"
+        console.print(calibration_table(result.metrics[last_split], f"calibration on the {last_split} split "
+                                                                     "(temperature fitted on the validation split)"))
     console.print(f"trained {result.global_step} steps in {result.train_seconds / 60:.1f} min; "
                   f"run folder: {result.run_dir}")
     return 0
@@ -274,8 +275,8 @@ def command_predict(args, show_progress: bool) -> int:
     from .inference import load_classifier, predict_texts
 
     if args.text:
-        frame = predict_texts(load_classifier(args.run), args.text)
-        print(frame.drop(columns=["text"]).to_csv(index=False), end="")
+        table = predict_texts(load_classifier(args.run), args.text)
+        print(table.drop(columns=["text"]).to_csv(index=False), end="")
         return 0
     if not args.output:
         raise FrameSFTError("predict --input needs --output FILE (.csv or .parquet)")

@@ -175,9 +175,9 @@ def part_path(parts: Path, index: int) -> Path:
     return parts / f"part-{index:06d}.parquet"
 
 
-def write_part(parts: Path, index: int, frame: pd.DataFrame) -> None:
+def write_part(parts: Path, index: int, table: pd.DataFrame) -> None:
     with atomic_path(part_path(parts, index)) as tmp:
-        frame.to_parquet(tmp, index=False)
+        table.to_parquet(tmp, index=False)
 
 
 def merge_parts(parts: Path, n_chunks: int, output: Path) -> int:
@@ -202,9 +202,9 @@ def merge_parts(parts: Path, n_chunks: int, output: Path) -> int:
         else:
             with open(tmp, "w", encoding="utf-8", newline="") as handle:
                 for i in range(n_chunks):
-                    frame = pd.read_parquet(part_path(parts, i))
-                    frame.to_csv(handle, index=False, header=(i == 0))
-                    rows += len(frame)
+                    part = pd.read_parquet(part_path(parts, i))
+                    part.to_csv(handle, index=False, header=(i == 0))
+                    rows += len(part)
     shutil.rmtree(parts)
     return rows
 
