@@ -73,10 +73,10 @@ def power_tuning(y: np.ndarray, f: np.ndarray, N: int, f_sum, f_sumsq) -> float:
     With one column per label (y one-hot, f the probabilities, f_sum and f_sumsq per label) it is the one weight
     that minimises the summed variance of all shares ("overall" in ppi_python), so the shares still sum to 1.
     """
-    y, f = np.asarray(y, float).reshape(len(y), -1), np.asarray(f, float).reshape(len(f), -1)
     n = len(y)
     if n < 2:
         return 0.0
+    y, f = np.asarray(y, float).reshape(n, -1), np.asarray(f, float).reshape(n, -1)
     cov = ((y - y.mean(axis=0)) * (f - f.mean(axis=0))).mean(axis=0).sum()
     m = n + N  # variance of the predictions over audit and corpus together (ddof 1)
     total, total_sq = f.sum(axis=0) + f_sum, (f ** 2).sum(axis=0) + f_sumsq
@@ -97,7 +97,7 @@ def ppi_interval(y: np.ndarray, f: np.ndarray, N: int, f_sum: float, f_sumsq: fl
     """
     y, f = np.asarray(y, dtype=float), np.asarray(f, dtype=float)
     n = len(y)
-    if n == 0:
+    if n < 2:  # no spread to estimate from: no interval rather than a zero-width one
         return Interval(np.nan, np.nan, np.nan, lam)
     lam = power_tuning(y, f, N, f_sum, f_sumsq) if lam is None else lam
     f_mean = f_sum / N
@@ -122,7 +122,7 @@ def stratified_ppi_interval(y: np.ndarray, f: np.ndarray, in_group: np.ndarray, 
     for the domain total of (y - lam f); the group's mean prediction over the corpus is exact.
     """
     y, f, in_group = np.asarray(y, float), np.asarray(f, float), np.asarray(in_group, bool)
-    if not in_group.any():
+    if in_group.sum() < 2:  # no spread to estimate from: no interval rather than a zero-width one
         return Interval(np.nan, np.nan, np.nan, lam)
     if lam is None:
         lam = power_tuning(y[in_group], f[in_group], N_group, f_sum, f_sumsq)
