@@ -12,6 +12,7 @@ Brier score (multi-class: squared error summed over labels, averaged over passag
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -22,17 +23,39 @@ from sklearn.metrics import log_loss
 
 from .runfolder import read_json, write_json
 
+log = logging.getLogger(__name__)
+
 CALIBRATION_FILE = "calibration.json"
 ECE_BINS = 15
+MIN_PASSAGES = 30  # fewer labelled passages than this give no reliable temperature
 
 
 def probabilities(scores: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return softmax(np.asarray(scores, dtype=np.float64) / temperature, axis=1)
 
 
+def why_not_fit(scores: np.ndarray, truth: Sequence[int]) -> str | None:
+    """Why these passages cannot fit a temperature, or None when they can.
+
+    With every passage predicted right the log loss keeps falling as T goes to 0 (ever more confident), so the
+    fit would make the model over-confident on new data; too few passages give a temperature that is noise.
+    """
+    if len(truth) < MIN_PASSAGES:
+        return f"{len(truth)} labelled passages (at least {MIN_PASSAGES} are needed)"
+    if (np.asarray(scores).argmax(axis=1) == np.asarray(truth)).all():
+        return f"the model predicts all {len(truth)} passages right, which gives the fit no minimum"
+    return None
+
+
 def fit_temperature(scores: np.ndarray, truth: Sequence[int]) -> float:
-    """The temperature that minimises the log loss of softmax(scores / T) on these labelled passages."""
+    """The temperature that minimises the log loss of softmax(scores / T) on these labelled passages; 1.0 (raw
+    probabilities, with a warning) where they cannot fit one (see why_not_fit)."""
     scores, truth = np.asarray(scores, dtype=np.float64), np.asarray(truth)
+    reason = why_not_fit(scores, truth)
+    if reason is not None:
+        log.warning("calibration: temperature kept at 1 (raw probabilities): %s; fit it on more labelled data "
+                    "with `framesft calibrate RUN --data FILE`", reason)
+        return 1.0
 
     def nll(log_t: float) -> float:
         return -log_softmax(scores / np.exp(log_t), axis=1)[np.arange(len(truth)), truth].mean()
@@ -82,9 +105,11 @@ def calibration_report(scores: np.ndarray, truth: Sequence[int], temperature: fl
             "after": calibration_measures(probabilities(scores, temperature), truth)}
 
 
-def save_temperature(run_dir: Path, temperature: float, fitted_on: str, n: int, report: dict) -> None:
+def save_temperature(run_dir: Path, temperature: float, fitted_on: str, n: int, report: dict,
+                     not_fitted: str | None = None) -> None:
     write_json(run_dir / CALIBRATION_FILE, {
         "method": "temperature scaling", "temperature": temperature, "fitted_on": fitted_on, "passages": n,
+        **({"not_fitted": not_fitted} if not_fitted else {}),
         "before": {k: v for k, v in report["before"].items() if k != "reliability"},
         "after": {k: v for k, v in report["after"].items() if k != "reliability"},
     })

@@ -109,7 +109,7 @@ def ppi_interval(y: np.ndarray, f: np.ndarray, N: int, f_sum: float, f_sumsq: fl
     else:
         variance = lam ** 2 * max(f_sumsq / N - f_mean ** 2, 0.0) / N + rectifier_var
     half = z_value(alpha) * np.sqrt(variance)
-    return Interval(float(estimate), float(estimate - half), float(estimate + half), lam)
+    return bounded(estimate, half, lam)
 
 
 def stratified_ppi_interval(y: np.ndarray, f: np.ndarray, in_group: np.ndarray, strata: np.ndarray,
@@ -137,7 +137,13 @@ def stratified_ppi_interval(y: np.ndarray, f: np.ndarray, in_group: np.ndarray, 
         if n_h > 1:
             variance += N_h ** 2 * (1 - n_h / N_h) * d[rows].var(ddof=1) / n_h
     half = z_value(alpha) * np.sqrt(variance) / N_group
-    return Interval(float(estimate), float(estimate - half), float(estimate + half), lam)
+    return bounded(estimate, half, lam)
+
+
+def bounded(estimate: float, half: float, lam: float | None) -> Interval:
+    """The interval estimate +- half, cut to [0, 1]: a share cannot lie outside, so coverage is unchanged.
+    The estimate itself is not cut (that would bias it, and the shares would no longer sum to 1)."""
+    return Interval(float(estimate), float(max(0.0, estimate - half)), float(min(1.0, estimate + half)), lam)
 
 
 # ------------------------------------------------------------------------------------------ the corpus side

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import pandas as pd
 
-from .calibration import calibration_report, fit_temperature
+from .calibration import calibration_report, fit_temperature, why_not_fit
 from .metrics import classification_metrics, per_class_rows
 from .plots import confusion_matrix_figure, save_png
 from .reliability import model_as_coder
@@ -49,6 +49,8 @@ def evaluate_texts(classifier: Classifier, texts: Sequence[str], y_true: Sequenc
     scores = raw.with_temperature(classifier.temperature)
     metrics = classification_metrics(list(y_true), scores.predictions, classifier.labels)
     metrics["calibration"] = calibration_report(raw.scores, truth, classifier.temperature)
+    if calibrate and why_not_fit(raw.scores, truth):
+        metrics["calibration"]["not_fitted"] = why_not_fit(raw.scores, truth)
     metrics["agreement"] = model_as_coder(list(y_true), scores.predictions, classifier.labels, coders)
     return metrics, predictions_table(texts, scores, y_true)
 
@@ -97,6 +99,7 @@ def calibrate_run(run_dir: str | Path, data_path: str | Path | None = None, show
     its config) and store it in the run folder; returns the calibration report (before/after)."""
     from .calibration import save_temperature
     from .dataset import load_run_data, read_labelled_file
+    from .errors import DataError
     from .inference import load_classifier
 
     classifier = load_classifier(run_dir)
@@ -108,6 +111,9 @@ def calibrate_run(run_dir: str | Path, data_path: str | Path | None = None, show
     texts, y_true = table[data.text_column].tolist(), table[data.label_column].tolist()
     raw = classifier.score(texts, "calibrating", show_progress, calibrated=False)
     truth = [classifier.labels.index(label) for label in y_true]
+    reason = why_not_fit(raw.scores, truth)
+    if reason:
+        raise DataError(f"{source}: cannot fit a temperature: {reason}; give a larger labelled file with --data")
     temperature = fit_temperature(raw.scores, truth)
     report = calibration_report(raw.scores, truth, temperature)
     save_temperature(Path(run_dir), temperature, source, len(texts), report)

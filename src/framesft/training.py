@@ -379,7 +379,7 @@ def evaluate_and_summarise(result: TrainResult, classifier: Classifier, data: Ru
                                               f"final {split}", show_progress, calibrate=split == "validation")
         if split == "validation":
             save_temperature(result.run_dir, classifier.temperature, "validation split", len(table),
-                             metrics["calibration"])
+                             metrics["calibration"], metrics["calibration"].get("not_fitted"))
         write_evaluation(result.run_dir, split, metrics, predictions)
         result.metrics[split] = metrics
     write_json(result.run_dir / SUMMARY_FILE, {
