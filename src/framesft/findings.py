@@ -59,6 +59,7 @@ def findings_html(table: pd.DataFrame, images: dict[str, str], source: str, audi
 body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; color: #222; }}
 table {{ border-collapse: collapse; font-size: 0.85rem; }} th, td {{ border: 1px solid #ccc; padding: 0.2rem 0.4rem; }}
 th {{ background: #f0f3f7; }} img {{ max-width: 100%; }} .note {{ background: #fff6d6; padding: 0.6rem; }}
+#shares-table {{ overflow-x: auto; }}
 </style></head><body>
 <h1>Frame shares</h1>
 <p>Predictions: {html.escape(source)}</p>

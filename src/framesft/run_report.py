@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .calibration import CALIBRATION_FILE
 from .metrics import HEADLINE
 from .plots import confusion_matrix_figure, learning_curves_figure, png_data_uri, reliability_diagram_figure
 from .runfolder import (LABEL_DISTRIBUTION_FILE, REPORT_FILE, SUMMARY_FILE, TRAINER_STATE_FILE, read_json,
@@ -32,19 +33,26 @@ def _table(table: pd.DataFrame, float_format: str = "{:.3f}") -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
-def calibration_section(metrics: dict, split: str) -> str:
+def calibration_section(metrics: dict, split: str, fitted: dict) -> str:
     """Reliability diagram and ECE / Brier / log loss, raw and calibrated (runs before calibration: none)."""
     calibration = metrics.get("calibration")
     if not calibration:
         return ""
+    t = calibration["temperature"]
+    if fitted.get("not_fitted"):
+        how = f"Temperature scaling was not fitted ({html.escape(fitted['not_fitted'])}): T = 1, raw probabilities."
+    else:
+        reading = ("the raw probabilities were over-confident" if t > 1.02 else
+                   "the raw probabilities were under-confident" if t < 0.98 else "about as confident as right")
+        how = (f"Temperature scaling fitted on the {html.escape(str(fitted.get('fitted_on', 'validation split')))}: "
+               f"T = {t:.2f} ({reading}).")
     rows = pd.DataFrame([{"measure": name, "raw": calibration["before"][key], "calibrated": calibration["after"][key]}
                          for key, name in (("ece", "expected calibration error"), ("brier", "Brier score"),
                                            ("log_loss", "log loss"))])
     figure = reliability_diagram_figure(calibration["before"]["reliability"], calibration["after"]["reliability"],
                                         f"reliability ({split})")
-    return (f'<h2>Calibration</h2><p class="facts">Temperature scaling fitted on the validation split: '
-            f'T = {calibration["temperature"]:.2f} (T &gt; 1: the raw probabilities were over-confident). '
-            f'Predicted labels are unchanged.</p><div id="calibration-table">{_table(rows)}</div>'
+    return (f'<h2>Calibration</h2><p class="facts">{how} Predicted labels are unchanged.</p>'
+            f'<div id="calibration-table">{_table(rows)}</div>'
             f'<img alt="reliability diagram" src="{png_data_uri(figure)}">')
 
 
@@ -100,7 +108,8 @@ def render_report(run_dir: str | Path, title: str | None = None) -> Path:
     summary = read_json(run_dir / SUMMARY_FILE)
     facts = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in summary.items()
                       if k in ("train_seconds", "global_step", "trainable_parameters", "train_examples", "processes"))
-    calibration, agreement = calibration_section(metrics, split), agreement_section(metrics)
+    calibration = calibration_section(metrics, split, read_json(run_dir / CALIBRATION_FILE))
+    agreement = agreement_section(metrics)
     title = title or f"framesft run {run_dir.name}"
     curves = f'<h2>Learning curves</h2><img alt="learning curves" src="{images["curves"]}">' if "curves" in images else ""
     page = f"""<!doctype html>
