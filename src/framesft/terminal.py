@@ -38,7 +38,9 @@ def per_class_table(metrics: dict, title: str) -> Table:
 def calibration_table(metrics: dict, title: str) -> Table:
     """ECE, Brier score and log loss before and after calibration (metrics["calibration"])."""
     calibration = metrics["calibration"]
-    table = Table(title=f"{title} (temperature {calibration['temperature']:.2f})")
+    fitted = f"not fitted: {calibration['not_fitted']}" if calibration.get("not_fitted") else \
+        f"temperature {calibration['temperature']:.2f}"
+    table = Table(title=f"{title} ({fitted})")
     for column in ("measure", "raw", "calibrated"):
         table.add_column(column, justify="left" if column == "measure" else "right")
     for key, name in (("ece", "expected calibration error"), ("brier", "Brier score"), ("log_loss", "log loss")):

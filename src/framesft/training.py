@@ -373,13 +373,17 @@ def evaluate_and_summarise(result: TrainResult, classifier: Classifier, data: Ru
     """Final metrics of the best checkpoint on validation (and test) data, written into the run folder."""
     text_col, label_col = classifier.config.data.text_column, classifier.config.data.label_column
     splits = {"validation": data.validation, **({"test": data.test} if data.test is not None else {})}
+    not_fitted = None
     for split, table in splits.items():
         # The temperature is fitted on the validation split and then applied to the test split as it is.
         metrics, predictions = evaluate_texts(classifier, table[text_col].tolist(), table[label_col].tolist(),
                                               f"final {split}", show_progress, calibrate=split == "validation")
         if split == "validation":
+            not_fitted = metrics["calibration"].get("not_fitted")
             save_temperature(result.run_dir, classifier.temperature, "validation split", len(table),
-                             metrics["calibration"], metrics["calibration"].get("not_fitted"))
+                             metrics["calibration"], not_fitted)
+        elif not_fitted:
+            metrics["calibration"]["not_fitted"] = not_fitted
         write_evaluation(result.run_dir, split, metrics, predictions)
         result.metrics[split] = metrics
     write_json(result.run_dir / SUMMARY_FILE, {
