@@ -62,7 +62,7 @@ def write_predictions(path: Path, n: int, seed: int = 0) -> pd.DataFrame:
     writer.close()
     audit = pd.concat(audit_rows).head(500)
     return pd.DataFrame({"id": audit["chunk_id"], "inclusion_probability": 500 / n, "stratum": "all",
-                         "text": "", "label": rng.choice(LABELS, len(audit))})
+                         "text": "passage " + audit["chunk_id"], "label": rng.choice(LABELS, len(audit))})
 
 
 def main() -> None:

@@ -143,23 +143,14 @@ def read_coded_sheet(path: str | Path, predictions: str | Path, labels: list[str
                      id_column: str | None = None, encoding: str = "utf-8",
                      delimiter: str | None = None) -> pd.DataFrame:
     """The coded sheet as (id, gold, inclusion_probability, stratum), checked row by row."""
-    from .checks import DataReport, normalise_labels, raise_on_errors
+    from .checks import check_table, raise_on_errors
     from .tables import read_table
 
-    sheet = read_table(path, ["id", LABEL_COLUMN], encoding, delimiter)
+    sheet = read_table(path, ["id", TEXT_COLUMN, LABEL_COLUMN], encoding, delimiter)
     file, connection = open_predictions(predictions, id_column)
     labels = labels or file.labels
-    report = DataReport(path=str(path), rows=len(sheet))
-    empty = list(sheet.index[sheet[LABEL_COLUMN].str.strip() == ""])
-    if empty:
-        report.add("error", f"{len(empty)} rows have no label in column {LABEL_COLUMN!r} ({rows_text(empty, path)}); "
-                            "code them or delete the rows (a missing row lowers the audit's size, not its validity, "
-                            "only if it was left out for reasons unrelated to its label)")
-    normalise_labels(sheet, LABEL_COLUMN, labels, report)
-    coded = sheet[sheet[LABEL_COLUMN] != ""]
-    for label in sorted(set(coded[LABEL_COLUMN]) - set(labels)):
-        rows = list(coded.index[coded[LABEL_COLUMN] == label])
-        report.add("error", f"label {label!r} is not in the label set {labels} ({rows_text(rows, path)})")
+    # the training-data rules: empty or unknown labels (case variants normalised), conflicting labels
+    report = check_table(sheet, str(path), TEXT_COLUMN, LABEL_COLUMN, labels)
     sheet["id"] = sheet["id"].str.strip()
     duplicated = list(sheet.index[sheet["id"].duplicated(keep=False)])
     if duplicated:

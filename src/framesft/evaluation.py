@@ -49,8 +49,9 @@ def evaluate_texts(classifier: Classifier, texts: Sequence[str], y_true: Sequenc
     scores = raw.with_temperature(classifier.temperature)
     metrics = classification_metrics(list(y_true), scores.predictions, classifier.labels)
     metrics["calibration"] = calibration_report(raw.scores, truth, classifier.temperature)
-    if calibrate and why_not_fit(raw.scores, truth):
-        metrics["calibration"]["not_fitted"] = why_not_fit(raw.scores, truth)
+    reason = why_not_fit(raw.scores, truth) if calibrate else None
+    if reason:
+        metrics["calibration"]["not_fitted"] = reason
     metrics["agreement"] = model_as_coder(list(y_true), scores.predictions, classifier.labels, coders)
     return metrics, predictions_table(texts, scores, y_true)
 
