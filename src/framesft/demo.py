@@ -87,7 +87,8 @@ def shares_from_test_split(run_dir: Path, labels: list[str], text_column: str):
 
     predictions = pd.read_csv(run_dir / "predictions_test.csv", keep_default_na=False, dtype=str)
     work = run_dir / "findings_input"
-    work.mkdir(exist_ok=True)
+    shutil.rmtree(work, ignore_errors=True)  # a fresh sheet each time (sample never overwrites one)
+    work.mkdir()
     corpus = predictions.drop(columns=["label"]).rename(columns={"text": text_column})
     corpus.insert(0, "id", [f"test-{i}" for i in range(len(corpus))])
     corpus.to_csv(work / "test_predictions.csv", index=False)
