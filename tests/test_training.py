@@ -124,12 +124,15 @@ def test_in_memory_classifier_matches_reloaded_run(trained_run):
 
 
 def test_bf16_run_writes_the_metrics_its_adapter_reproduces(tiny_model_dir, tmp_path):
-    """bf16 autocast trains, but the final metrics are computed without the trainer's autocast wrapper."""
+    """bf16 base weights and autocast train (forced: here bf16 may not be the faster choice), but the final
+    metrics are computed without the trainer's autocast wrapper, on the merged model `evaluate` reloads."""
     from framesft.modeling import cpu_supports_bf16
 
     if not cpu_supports_bf16():
         pytest.skip("this CPU has no native bf16, so training runs in fp32 and there is no autocast to leave")
-    result = train(tiny_config(tiny_model_dir, tmp_path / "run", bf16=True, num_epochs=1), show_progress=False)
+    config = tiny_config(tiny_model_dir, tmp_path / "run", bf16=True, num_epochs=1)
+    config.model.dtype = "bfloat16"
+    result = train(config, show_progress=False)
     assert_saved_adapter_reproduces_written_predictions(result.run_dir)
 
 

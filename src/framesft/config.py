@@ -58,7 +58,9 @@ class ModelSection(Section):
         "from GGUF once and cached in $FRAMESFT_CACHE (default ~/.cache/framesft)")
     trust_remote_code: bool = key(False, "run code shipped with the model repository (logged when on)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = key(
-        "auto", "weight dtype; auto: bf16 on GPUs that support it (else fp16), fp32 on CPU")
+        "auto", "dtype of the frozen base weights (LoRA weights stay fp32); auto: bf16 on GPUs that support it "
+                "(else fp16); on CPU bf16 where the CPU has native bf16 and a short matmul probe finds bf16 faster "
+                "than fp32 (AMX), else fp32")
     load_in_4bit: bool = key(False, "QLoRA: 4-bit NF4 base weights (CUDA GPU and bitsandbytes: pip install "
                                     "'framesft[gpu]')")
     attn_implementation: str | None = key(None, "attention kernel passed to transformers (eager, sdpa, "
@@ -168,7 +170,8 @@ class TrainingSection(Section):
     warmup_steps: float = key(0.1, ">= 1: warm-up optimizer steps; < 1: a fraction of all steps", ge=0)
     max_grad_norm: float = key(1.0, "gradient clipping norm", gt=0)
     fp16: bool = key(False, "fp16 mixed precision (CUDA only)")
-    bf16: bool = key(False, "bf16 mixed precision (CUDA, or CPUs with native bf16; elsewhere fp32, with a note)")
+    bf16: bool = key(False, "bf16 mixed precision (autocast); on CPU only where the base weights are bf16 "
+                            "(model.dtype), elsewhere fp32 with a note")
     optimizer: str = key("adamw_torch", "transformers optimizer name (adamw_torch, paged_adamw_8bit, ...)")
     lr_scheduler: str = key("linear", "transformers scheduler name (linear, cosine, constant, ...)")
     logging_steps: int = key(10, "log the training loss every N optimizer steps", gt=0)

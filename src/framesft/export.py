@@ -6,6 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
+import torch
+
 from .errors import RunFolderError
 from .inference import load_classifier
 from .runfolder import CONFIG_FILE, LABEL_MAP_FILE, atomic_directory
@@ -19,8 +21,9 @@ def export_merged(run_dir: str | Path, output_dir: str | Path) -> Path:
     if output.exists() and any(output.iterdir()):
         raise RunFolderError(f"{output} already exists and is not empty; choose another --output")
     run_dir = Path(run_dir)
-    classifier = load_classifier(run_dir)
-    merged = classifier.model.merge_and_unload()
+    # On CPU in fp32 whatever the machine would score in: the export must not depend on where it was made.
+    classifier = load_classifier(run_dir, merge=True, dtype=None if torch.cuda.is_available() else "float32")
+    merged = classifier.model
     with atomic_directory(output) as staging:
         merged.save_pretrained(staging, safe_serialization=True)
         classifier.tokenizer.save_pretrained(staging)

@@ -36,11 +36,12 @@ from .config import FrameSFTConfig
 from .dataset import RunData, check_run_lengths, load_run_data
 from .errors import FrameSFTError, TrainingInterrupted
 from .evaluation import evaluate_texts, write_evaluation
-from .inference import Classifier
+from .inference import Classifier, merged_for_scoring
 from .methods import Method, build_method
 from .metrics import classification_metrics, headline
-from .modeling import (attach_lora, check_process_count, cpu_supports_bf16, load_base_model, load_tokenizer,
-                       process_state, resolve_model_path)
+from .lora_dropout import use_mask_dropout
+from .modeling import (attach_lora, check_process_count, cpu_precision_note, cpu_supports_bf16, load_base_model,
+                       load_tokenizer, pick_dtype, process_state, resolve_model_path)
 from .run_report import render_report
 from .runfolder import (CONFIG_FILE, SUMMARY_FILE, TRAINER_STATE_FILE, attach_log_file, checkpoint_folder,
                         detach_log_file, prepare_run_folder, read_run_config, save_adapter, validate_checkpoint,
@@ -110,7 +111,7 @@ def train(config: FrameSFTConfig, run_dir: str | Path | None = None, overwrite: 
             # Without the trainer's mixed-precision wrapper: the run's final metrics are then the ones that
             # `framesft evaluate` reproduces from the saved adapter, not a bf16-autocast variant of them.
             final_model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
-            classifier = Classifier(config, data.labels, final_model, tokenizer, method)
+            classifier = Classifier(config, data.labels, merged_for_scoring(final_model), tokenizer, method)
             evaluate_and_summarise(result, classifier, data, trainer, show_progress)
         state.wait_for_everyone()
         return result
@@ -140,6 +141,8 @@ def lora_model(config: FrameSFTConfig, model_path: str, method: Method, labels: 
     base = load_base_model(config, model_path, device, for_training=True, labels=labels,
                            pad_token_id=method.tokenizer.pad_token_id)
     model = attach_lora(base, config)
+    if device.type == "cpu":
+        use_mask_dropout(model)  # the stock dropout's random draws took a quarter of a CPU step (lora_dropout.py)
     trainable, total = model.get_nb_trainable_parameters()
     log.info("LoRA: %s trainable of %s parameters (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
     return model
@@ -174,10 +177,7 @@ def training_arguments(config: FrameSFTConfig, checkpoint_dir: Path, report_to: 
                        device: torch.device) -> TrainingArguments:
     t = config.training
     per_epoch = t.eval_steps is None
-    bf16 = t.bf16
-    if bf16 and device.type == "cpu" and not cpu_supports_bf16():
-        log.warning("training.bf16 is set but this CPU has no native bf16; training in fp32")
-        bf16 = False
+    bf16 = mixed_precision_bf16(config, device)
     if t.fp16 and device.type != "cuda":
         raise FrameSFTError("training.fp16 needs a CUDA GPU; on CPU set it to false (training.bf16 uses native "
                             "bf16 where the CPU has it)")
@@ -214,6 +214,22 @@ def training_arguments(config: FrameSFTConfig, checkpoint_dir: Path, report_to: 
         dataloader_num_workers=0,
         use_cpu=device.type == "cpu",
     )
+
+
+def mixed_precision_bf16(config: FrameSFTConfig, device: torch.device) -> bool:
+    """Whether the trainer runs under bf16 autocast. On a GPU: training.bf16. On a CPU only where the frozen base
+    weights are held in bf16 (model.dtype, see modeling.pick_dtype): autocast over fp32 weights would cast every
+    frozen weight at every step, and on CPUs whose bf16 matmul is slower than fp32 it is slower still."""
+    if not config.training.bf16 or device.type == "cuda":
+        return config.training.bf16
+    if pick_dtype(config, device) != torch.bfloat16:
+        why = ("model.dtype is float32" if config.model.dtype == "float32"
+               else f"bf16 is not faster than fp32 on this CPU ({cpu_precision_note()})")
+        log.info("training.bf16: training in fp32 because %s; model.dtype: bfloat16 forces bf16", why)
+        return False
+    if not cpu_supports_bf16():
+        log.warning("model.dtype is bfloat16 but this CPU has no native bf16: every bf16 operation is emulated")
+    return True
 
 
 class LabelTrainer(Trainer):

@@ -1,0 +1,131 @@
+"""CPU speed work (issue 13): LoRA's cheaper dropout mask, the measured bf16-or-fp32 choice, merged adapters.
+
+The dropout tests check the mask against the distribution it must have (independent Bernoulli drops with
+probability p), not against itself."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from framesft.lora_dropout import MaskDropout, keep_mask, use_mask_dropout
+
+from conftest import SAMPLE_DATA
+
+
+def binomial_z(successes: int, trials: int, p: float) -> float:
+    return (successes - trials * p) / math.sqrt(trials * p * (1 - p))
+
+
+@pytest.mark.parametrize("p", [0.05, 0.1, 0.5])
+def test_mask_drops_each_element_with_probability_p(p):
+    torch.manual_seed(0)
+    keep = keep_mask(torch.Size([1000, 4001]), p)  # an odd size: the last 64-bit draw is only partly used
+    dropped = int((~keep).sum())
+    assert keep.shape == (1000, 4001) and keep.dtype == torch.bool
+    assert abs(binomial_z(dropped, keep.numel(), p)) < 4.5
+
+
+def test_mask_elements_are_independent_including_the_four_lanes_of_one_draw():
+    """Pairs of neighbours (which share a 64-bit draw) and each lane position are dropped at p and p^2."""
+    torch.manual_seed(1)
+    p = 0.2
+    drop = ~keep_mask(torch.Size([4_000_000]), p)
+    lanes = drop.view(-1, 4)  # the four 16-bit lanes of each draw
+    n = lanes.shape[0]
+    for lane in range(4):  # the top lane has one bit fewer; it must still drop at p
+        assert abs(binomial_z(int(lanes[:, lane].sum()), n, p)) < 4.5
+    for a, b in [(0, 1), (1, 2), (2, 3), (0, 3)]:
+        both = int((lanes[:, a] & lanes[:, b]).sum())
+        assert abs(binomial_z(both, n, p * p)) < 4.5
+    across = int((drop[:-4] & drop[4:]).sum())  # the same lane of consecutive draws
+    assert abs(binomial_z(across, len(drop) - 4, p * p)) < 4.5
+
+
+def test_mask_dropout_keeps_the_expected_value_and_its_gradient_uses_the_same_mask():
+    torch.manual_seed(2)
+    dropout = MaskDropout(0.1).train()
+    x = torch.full((2000, 500), 3.0, requires_grad=True)
+    y = dropout(x)
+    kept = y != 0
+    assert torch.allclose(y[kept], torch.tensor(3.0 / 0.9))
+    standard_error = 3.0 / 0.9 * math.sqrt(0.1 * 0.9 / y.numel())
+    assert abs(y.mean().item() - 3.0) < 5 * standard_error
+    y.sum().backward()
+    assert torch.equal(x.grad != 0, kept)
+    assert torch.allclose(x.grad[kept], torch.tensor(1 / 0.9))
+
+
+def test_mask_dropout_is_the_identity_in_eval_mode_and_repeats_under_a_seed():
+    dropout = MaskDropout(0.3)
+    x = torch.randn(64, 32)
+    assert dropout.eval()(x) is x
+    dropout.train()
+    torch.manual_seed(5)
+    first = dropout(x)
+    torch.manual_seed(5)
+    assert torch.equal(first, dropout(x))
+    assert not torch.equal(first, dropout(x))
+    with pytest.raises(ValueError):
+        MaskDropout(1.0)
+
+
+def test_every_lora_dropout_is_replaced(tiny_model_dir, tmp_path):
+    from conftest import tiny_config
+    from framesft.modeling import attach_lora, load_base_model
+
+    config = tiny_config(tiny_model_dir, tmp_path / "run")
+    model = attach_lora(load_base_model(config, tiny_model_dir, torch.device("cpu"), for_training=True), config)
+    layers = model.get_base_model().config.num_hidden_layers
+    assert use_mask_dropout(model) == layers * len(config.training.lora_target_modules)
+    assert not any(isinstance(m, torch.nn.Dropout) for name, m in model.named_modules() if "lora_dropout" in name)
+
+
+def test_cpu_weights_are_bf16_only_where_bf16_measures_faster(monkeypatch, tiny_model_dir, tmp_path):
+    import framesft.modeling as modeling
+    from conftest import tiny_config
+    from framesft.training import mixed_precision_bf16
+
+    cpu = torch.device("cpu")
+    config = tiny_config(tiny_model_dir, tmp_path / "run", bf16=True)
+    rates = {torch.float32: 300.0, torch.bfloat16: 160.0}  # AVX512-BF16 without AMX, as measured here
+    monkeypatch.setattr(modeling, "cpu_matmul_gflops", lambda dtype: rates[dtype])
+    monkeypatch.setattr(modeling, "cpu_supports_bf16", lambda: True)
+    assert modeling.pick_dtype(config, cpu) == torch.float32
+    assert mixed_precision_bf16(config, cpu) is False  # no autocast over fp32 weights
+
+    rates[torch.bfloat16] = 900.0  # AMX
+    assert modeling.pick_dtype(config, cpu) == torch.bfloat16
+    assert mixed_precision_bf16(config, cpu) is True
+    config.training.bf16 = False
+    assert mixed_precision_bf16(config, cpu) is False
+
+    monkeypatch.setattr(modeling, "cpu_supports_bf16", lambda: False)
+    assert modeling.pick_dtype(config, cpu) == torch.float32  # no native bf16: never, whatever a probe says
+    config.model.dtype = "bfloat16"
+    assert modeling.pick_dtype(config, cpu) == torch.bfloat16  # an explicit dtype is obeyed
+
+
+def test_matmul_probe_measures_a_positive_rate():
+    from framesft.modeling import cpu_matmul_gflops
+
+    assert cpu_matmul_gflops(torch.float32, size=128, repeats=2) > 0.1
+
+
+def test_merged_adapter_scores_as_the_unmerged_one(trained_run):
+    import pandas as pd
+
+    from framesft.inference import load_classifier
+
+    texts = pd.read_csv(SAMPLE_DATA / "test.csv", dtype=str, keep_default_na=False)["chunk_text"].tolist()
+    merged = load_classifier(trained_run.run_dir)
+    unmerged = load_classifier(trained_run.run_dir, merge=False)
+    assert not hasattr(merged.model, "peft_config") and hasattr(unmerged.model, "peft_config")
+    a = merged.score(texts, show_progress=False)
+    b = unmerged.score(texts, show_progress=False)
+    assert a.labels == b.labels == trained_run.labels
+    assert np.abs(a.probabilities - b.probabilities).max() < 1e-4
+    assert a.predictions == b.predictions
