@@ -1,20 +1,28 @@
-"""Label scoring speed on real passages, against three references measured in the same run.
+"""Label scoring speed on real passages, as a share of this machine's ceiling, with every reference measured
+in the same run.
 
-    .venv/bin/python benchmarks/scoring_speed.py --passages 300
+    .venv/bin/python benchmarks/scoring_speed.py --run runs/demo --run benchmarks/work/gemma3-speed
 
-1. scorer   framesft.scoring.LabelScorer (prompt once, shared KV cache for the label continuations)
-2. naive    one full sequence per (passage, label), summing the label's log-probabilities
-3. generate model.generate (greedy) and parsing the text into a label (unparseable outputs are counted)
-4. floor    one batched pass of the model body over the same prompts: hidden states only, no output
-            projection, no scoring
-
-Model: the embedded default (SmolLM2-135M-Instruct, fp32, CPU). Passages: half from dev_data.csv, half from
-train_data.csv (../shared/data/brexit). Writes benchmarks/results/scoring_speed.json.
+For each trained run (its base model plus its LoRA adapter; without --run: both embedded models with a freshly
+initialised adapter whose B matrices are set to small random values, for speed only):
+1. before    framesft's scorer as it ran before issue 13: fp32, the adapter unmerged (PEFT)
+2. after     the scorer as framesft runs it now on this CPU: adapter merged, weights in the dtype that
+             `model.dtype: auto` picks here (bf16 only where a matmul probe finds bf16 faster)
+3. fp32 / bf16  merged weights in fp32 and in bf16 on all passages: bf16 speed and agreement with fp32
+             (identical predictions, F1 macro of each against the annotations, largest probability difference)
+4. int8      torch dynamic int8 quantization of the merged fp32 model (speed and agreement)
+5. eager attention, token budgets 2048 and 8192 (what else may help; kept only if it does)
+6. naive     one full sequence per (passage, label); generate: greedy generation and parsing; floor: the model
+             body alone over the prompts (no output projection, no scoring)
+Each method also reports prompt tokens/s as a percent of the inference ceiling roof / (2N) (roofline.py), the
+roof measured at the start of the run. Passages: half from dev_data.csv, half from train_data.csv
+(../shared/data/brexit), all annotated. Writes benchmarks/results/scoring_speed.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -27,14 +35,17 @@ import pandas as pd
 import psutil
 import torch
 
-from framesft.config import FrameSFTConfig, load_config
-from framesft.modeling import load_base_model, load_tokenizer, pick_device, resolve_model_path
-from framesft.prompting import PromptBuilder
+from framesft.inference import load_classifier, merged_for_scoring
+from framesft.metrics import classification_metrics
+from framesft.modeling import cpu_prefers_bf16
 from framesft.scoring import LabelScorer, naive_label_scores, pad_batch, positions_from_mask, token_budget_batches
+from roofline import ceilings, measure_roof, non_embedding_parameters, share
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "brexit"
 RESULTS = REPO / "benchmarks" / "results" / "scoring_speed.json"
+LABELS = ["Conflict", "Moral Value", "Economic", "Powerlessness", "Human Impact", "None"]
+EMBEDDED = ["embedded:smollm2-135m-instruct", "embedded:gemma3-270m"]
 
 
 class PeakRSS:
@@ -103,78 +114,170 @@ def timed(fn):
     return result, seconds, memory.mib
 
 
+def untrained_classifier(base_model: str):
+    """An embedded model with a fresh LoRA adapter (B set to small random values, so merging changes weights)."""
+    from framesft.config import FrameSFTConfig
+    from framesft.inference import Classifier
+    from framesft.methods import build_method
+    from framesft.modeling import attach_lora, load_base_model, load_tokenizer, resolve_model_path
+
+    config = FrameSFTConfig.model_validate({"model": {"base_model": base_model, "dtype": "float32"}})
+    path = resolve_model_path(base_model)
+    tokenizer = load_tokenizer(path, False)
+    model = attach_lora(load_base_model(config, path, torch.device("cpu"), for_training=False), config)
+    torch.manual_seed(0)
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=1e-3)
+    return Classifier(config, LABELS, model.eval(), tokenizer, build_method(config, tokenizer, LABELS))
+
+
+def score(model, classifier, prompts, **scorer_kwargs):
+    """Scores of all prompts with `model` in place of the classifier's, timed, with peak RSS."""
+    evaluation = classifier.config.evaluation
+    kwargs = dict(token_budget=evaluation.token_budget, max_batch_size=evaluation.batch_size)
+    kwargs.update(scorer_kwargs)
+    scorer = LabelScorer(model, classifier.method.prompt, **kwargs)
+    scorer.score_prompts(prompts[:2])  # warm-up (allocator, kernel selection)
+    return timed(lambda: scorer.score_prompts(prompts))
+
+
+def entry(seconds: float, mib: float, prompts, ceiling: float) -> dict:
+    tokens = sum(len(p) for p in prompts)
+    return {"passages": len(prompts), "seconds": round(seconds, 1), "peak_rss_mib": mib,
+            "passages_per_second": round(len(prompts) / seconds, 2),
+            "prompt_tokens_per_second": round(tokens / seconds, 1),
+            "percent_of_inference_ceiling": share(tokens / seconds, ceiling)}
+
+
+def agreement(reference, other, truth, labels) -> dict:
+    same = reference.predicted_index == other.predicted_index
+    f1 = lambda scores: classification_metrics(truth, scores.predictions, labels)["f1_macro"]  # noqa: E731
+    return {"identical_predictions": int(same.sum()), "of": len(same),
+            "identical_fraction": round(float(same.mean()), 4),
+            "f1_macro_reference": round(f1(reference), 4), "f1_macro": round(f1(other), 4),
+            "f1_macro_difference": round(f1(other) - f1(reference), 4),
+            "max_probability_difference": round(float(np.abs(reference.probabilities
+                                                             - other.probabilities).max()), 4)}
+
+
+def benchmark_model(target: str, passages: pd.DataFrame, roof: dict, args) -> dict:
+    is_run = Path(target).is_dir()
+    classifier = (load_classifier(target, merge=False, dtype="float32") if is_run
+                  else untrained_classifier(target))
+    builder = classifier.method.prompt
+    prompts = [builder.encode_prompt(text) for text in passages["chunk_text"]]
+    truth = passages["frame_name"].tolist()
+    labels = classifier.labels
+    subset = prompts[:args.speed_passages]
+    model = classifier.model
+    n = non_embedding_parameters(model)
+    ceiling = ceilings(roof, n)
+    inference_ceiling = ceiling["inference_tokens_per_second"]
+    methods, agreements = {}, {}
+    print(f"{target}: N = {n:,}, inference ceiling {inference_ceiling} tokens/s", flush=True)
+
+    def record(name, result, prompts_used):
+        scores, seconds, mib = result
+        methods[name] = entry(seconds, mib, prompts_used, inference_ceiling)
+        print(name, json.dumps(methods[name]), flush=True)
+        return scores
+
+    before = record("before_fp32_unmerged", score(model, classifier, subset), subset)
+    fp32_model = merged_for_scoring(model).eval()
+    fp32 = record("fp32_merged", score(fp32_model, classifier, prompts), prompts)
+    agreements["merged_vs_unmerged_fp32"] = agreement(before, head(fp32, len(subset)), truth[:len(subset)], labels)
+    bf16_model = copy.deepcopy(fp32_model).to(torch.bfloat16)
+    bf16 = record("bf16_merged", score(bf16_model, classifier, prompts), prompts)
+    agreements["bf16_vs_fp32_merged"] = agreement(fp32, bf16, truth, labels)
+    del bf16_model
+    auto = "bf16_merged" if cpu_prefers_bf16() else "fp32_merged"
+    methods["after"] = dict(methods[auto], same_as=auto)
+
+    int8_model = torch.ao.quantization.quantize_dynamic(copy.deepcopy(fp32_model), {torch.nn.Linear},
+                                                        dtype=torch.qint8)
+    int8 = record("int8_dynamic", score(int8_model, classifier, subset), subset)
+    agreements["int8_vs_fp32_merged"] = agreement(head(fp32, len(subset)), int8, truth[:len(subset)], labels)
+    del int8_model
+    for budget in (2048, 8192):
+        record(f"fp32_merged_token_budget_{budget}",
+               score(fp32_model, classifier, subset, token_budget=budget, max_batch_size=64), subset)
+    fp32_model.set_attn_implementation("eager")
+    record("fp32_merged_eager_attention", score(fp32_model, classifier, subset), subset)
+    fp32_model.set_attn_implementation("sdpa")
+
+    naive_prompts = prompts[:args.naive_passages]
+    naive, seconds, mib = timed(lambda: naive_label_scores(fp32_model, builder, naive_prompts))
+    methods["naive"] = entry(seconds, mib, naive_prompts, inference_ceiling)
+    (parsed, raw), seconds, mib = timed(lambda: generate_labels(fp32_model, classifier.tokenizer, builder,
+                                                                subset, 4096, 16))
+    methods["generate"] = dict(entry(seconds, mib, subset, inference_ceiling),
+                               unparseable_outputs=sum(p is None for p in parsed),
+                               examples_of_unparseable=[r for p, r in zip(parsed, raw) if p is None][:3])
+    _, seconds, mib = timed(lambda: floor_pass(fp32_model, subset, classifier.tokenizer.pad_token_id, 4096, 16))
+    methods["floor"] = entry(seconds, mib, subset, inference_ceiling)
+    naive_match = (fp32.scores[:len(naive_prompts)].argmax(1) == naive.argmax(axis=1))
+    per_passage = {name: 1 / m["passages_per_second"] for name, m in methods.items()}
+    return {
+        "target": target,
+        "base_model": classifier.config.model.base_model,
+        "trained_run": is_run,
+        "ceiling": ceiling,
+        "prompt_tokens_per_passage": round(sum(len(p) for p in prompts) / len(prompts), 1),
+        "dtype_chosen_here_by_model_dtype_auto": "bf16" if cpu_prefers_bf16() else "fp32",
+        "methods": methods,
+        "agreement": agreements,
+        "ratios": {
+            "after_over_before": round(per_passage["before_fp32_unmerged"] / per_passage["after"], 2),
+            "bf16_over_fp32_speed": round(per_passage["fp32_merged"] / per_passage["bf16_merged"], 2),
+            "int8_over_fp32_speed": round(per_passage["fp32_merged"] / per_passage["int8_dynamic"], 2),
+            "after_speedup_vs_naive": round(per_passage["naive"] / per_passage["after"], 2),
+            "after_speedup_vs_generate": round(per_passage["generate"] / per_passage["after"], 2),
+            "after_time_over_floor": round(per_passage["after"] / per_passage["floor"], 3),
+        },
+        "exactness_vs_naive": {"identical_predictions": int(naive_match.sum()), "of": len(naive_prompts),
+                               "max_abs_score_difference": float(np.abs(fp32.scores[:len(naive_prompts)]
+                                                                        - naive).max())},
+    }
+
+
+def head(scores, n: int):
+    """The first n passages of a LabelScores (to compare with a method run on the speed subset only)."""
+    from framesft.scoring import LabelScores
+
+    return LabelScores(scores.labels, scores.scores[:n], scores.temperature)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"results JSON (default: {RESULTS})")
-    parser.add_argument("--passages", type=int, default=300)
-    parser.add_argument("--config", default=None, help="config for model/prompt (default: the built-in defaults)")
-    parser.add_argument("--token-budget", type=int, default=4096)
-    parser.add_argument("--max-batch", type=int, default=16)
+    parser.add_argument("--run", action="append", default=[], help="trained run folder (repeatable); default: "
+                                                                   "both embedded models with untrained adapters")
+    parser.add_argument("--passages", type=int, default=300, help="passages for fp32/bf16 speed and agreement")
+    parser.add_argument("--speed-passages", type=int, default=100, help="passages for the other speed variants")
+    parser.add_argument("--naive-passages", type=int, default=12)
     args = parser.parse_args()
 
-    config = load_config(args.config) if args.config else FrameSFTConfig()
-    device = pick_device()
-    model_path = resolve_model_path(config.model.base_model)
-    tokenizer = load_tokenizer(model_path, False)
-    labels = ["Conflict", "Moral Value", "Economic", "Powerlessness", "Human Impact", "None"]
-    builder = PromptBuilder(tokenizer, labels, config.prompt, config.data.max_length)
-    model = load_base_model(config, model_path, device, for_training=False).eval()
-
+    roof = measure_roof()
+    print("roof", json.dumps(roof), flush=True)
     passages = load_passages(args.passages)
-    prompts = [builder.encode_prompt(text) for text in passages["chunk_text"]]
-    prompt_tokens = sum(len(p) for p in prompts)
-    scorer = LabelScorer(model, builder, args.token_budget, args.max_batch)
-    scorer.score_prompts(prompts[:4])  # warm-up (allocator, kernels)
-
-    results = {}
-    scores, seconds, mib = timed(lambda: scorer.score_prompts(prompts))
-    results["scorer"] = {"seconds": seconds, "peak_rss_mib": mib}
-    naive, seconds, mib = timed(lambda: naive_label_scores(model, builder, prompts))
-    results["naive"] = {"seconds": seconds, "peak_rss_mib": mib}
-    (parsed, raw), seconds, mib = timed(lambda: generate_labels(model, tokenizer, builder, prompts,
-                                                                args.token_budget, args.max_batch))
-    results["generate"] = {"seconds": seconds, "peak_rss_mib": mib,
-                           "unparseable_outputs": sum(p is None for p in parsed),
-                           "examples_of_unparseable": [r for p, r in zip(parsed, raw) if p is None][:5]}
-    _, seconds, mib = timed(lambda: floor_pass(model, prompts, tokenizer.pad_token_id, args.token_budget,
-                                               args.max_batch))
-    results["floor"] = {"seconds": seconds, "peak_rss_mib": mib}
-
-    for entry in results.values():
-        entry["texts_per_second"] = round(len(prompts) / entry["seconds"], 2)
-        entry["seconds"] = round(entry["seconds"], 1)
-    scorer_seconds = results["scorer"]["seconds"]
-    fast_predictions = scores.predicted_index
-    naive_predictions = naive.argmax(axis=1)
+    models = [benchmark_model(target, passages, roof, args) for target in (args.run or EMBEDDED)]
     report = {
-        "benchmark": "label scoring speed",
-        "model": config.model.base_model,
-        "device": str(device),
-        "dtype": str(next(model.parameters()).dtype),
-        "torch_threads": torch.get_num_threads(),
+        "benchmark": "label scoring speed against the machine's ceiling",
+        "command": "benchmarks/scoring_speed.py " + " ".join(f"--run {r}" for r in args.run),
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
-        "passages": len(prompts),
-        "prompt_tokens": prompt_tokens,
-        "labels": labels,
-        "label_tokens": {label: len(ids) for label, ids in builder.label_token_ids.items()},
-        "methods": results,
-        "ratios": {
-            "scorer_speedup_vs_naive": round(results["naive"]["seconds"] / scorer_seconds, 2),
-            "scorer_speedup_vs_generate": round(results["generate"]["seconds"] / scorer_seconds, 2),
-            "scorer_time_over_floor": round(scorer_seconds / results["floor"]["seconds"], 3),
-        },
-        "exactness": {
-            "predictions_identical_to_naive": int((fast_predictions == naive_predictions).sum()),
-            "of": len(prompts),
-            "max_abs_score_difference": float(np.abs(scores.scores - naive).max()),
-            "scorer_invalid_outputs": 0 if set(scores.predictions) <= set(labels) else -1,
-        },
-        "targets": {"speedup_vs_naive": ">= 4", "speedup_vs_generate": ">= 4", "time_over_floor": "<= 1.2"},
+        "torch_threads": torch.get_num_threads(),
+        "roof_at_start": roof,
+        "roof_at_end": measure_roof(),
+        "models": models,
+        "targets": {"after_percent_of_inference_ceiling": ">= 50",
+                    "bf16_identical_fraction": ">= 0.99", "bf16_f1_macro_difference": "within 0.01"},
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    print(json.dumps([{m["target"]: {"ratios": m["ratios"], "agreement": m["agreement"]}} for m in models],
+                     indent=2))
 
 
 if __name__ == "__main__":

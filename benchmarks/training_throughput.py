@@ -1,15 +1,22 @@
-"""Training throughput: framesft's trainer against a plain TRL SFTTrainer, same model, data and steps.
+"""Training throughput on real passages, as a share of this machine's LoRA training ceiling, before and after
+issue 13, against a plain TRL SFTTrainer, all in the same run.
 
-    .venv/bin/python benchmarks/training_throughput.py --examples 512 --steps 12
+    .venv/bin/python benchmarks/training_throughput.py --steps 8
 
-Both runs use the embedded SmolLM2-135M-Instruct, LoRA r16/alpha32 on all projections, the same 512 real
-training chunks (train_data.csv), the same prompt and answer tokens (input ids and completion mask built by
-framesft's prompt builder), batch 8, lr 2e-4, the same number of optimizer steps:
-- ours: length-grouped batches, left padding, LM head on the answer positions only, bf16 autocast where the CPU
-  has native bf16 (LoRA weights and optimizer state stay fp32);
-- trl:  SFTTrainer with its default collation (right padding to the longest in random batches), full LM head,
-  fp32, loss on the completion tokens only.
-Each method runs in its own process (clean peak RSS). Writes benchmarks/results/training_throughput.json.
+For each embedded model (SmolLM2-135M-Instruct, Gemma 3 270M): LoRA r16/alpha32/dropout 0.05 on all
+projections, the same real training chunks (train_data.csv), the same prompt and answer tokens, batch 8,
+lr 2e-4, the same number of optimizer steps:
+- before:    framesft's trainer as it ran before issue 13: fp32 weights under bf16 autocast where the CPU has
+             native bf16 (every frozen weight re-cast at every step), PEFT's stock dropout
+- after:     framesft's trainer now (training.lora_model, training.mixed_precision_bf16): base weights in bf16
+             only where a matmul probe finds bf16 faster than fp32 (else fp32, no autocast), LoRA dropout masks
+             from 16-bit random lanes (lora_dropout.py)
+- bf16_base: the bf16 path forced (model.dtype: bfloat16, autocast, LoRA fp32): what `auto` picks on AMX CPUs
+- trl:       SFTTrainer with its default collation (right padding, random batches), full LM head, fp32,
+             loss on the completion tokens only
+framesft's three use length-grouped batches, left padding and the LM head on the answer positions only. Each
+method runs in its own process (clean peak RSS). The roof (fp32 and bf16 matmul GFLOP/s) is measured at the
+start; the ceiling is roof / (4N) tokens/s (roofline.py). Writes benchmarks/results/training_throughput.json.
 """
 
 from __future__ import annotations
@@ -23,20 +30,27 @@ import sys
 import time
 from pathlib import Path
 
+from roofline import ceilings, measure_roof, non_embedding_parameters, share
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "brexit"
 RESULTS = REPO / "benchmarks" / "results" / "training_throughput.json"
 LABELS = ["Conflict", "Moral Value", "Economic", "Powerlessness", "Human Impact", "None"]
 
 
-def encoded_examples(n: int):
+MODELS = ["embedded:smollm2-135m-instruct", "embedded:gemma3-270m"]
+METHODS = ["before", "after", "bf16_base", "trl"]
+
+
+def encoded_examples(n: int, base_model: str, dtype: str = "auto"):
     import pandas as pd
 
     from framesft.config import FrameSFTConfig
     from framesft.modeling import load_tokenizer, resolve_model_path
     from framesft.prompting import PromptBuilder
 
-    config = FrameSFTConfig()
+    config = FrameSFTConfig.model_validate({"model": {"base_model": base_model, "dtype": dtype},
+                                            "training": {"bf16": True}})
     tokenizer = load_tokenizer(resolve_model_path(config.model.base_model), False)
     builder = PromptBuilder(tokenizer, LABELS, config.prompt, 512)
     frame = pd.read_csv(SHARED / "train_data.csv", dtype=str, keep_default_na=False).sample(n=n, random_state=0)
@@ -65,29 +79,37 @@ def common_args(steps: int, out: Path) -> dict:
                 eval_strategy="no", report_to="none", seed=0, data_seed=0, use_cpu=True, disable_tqdm=True)
 
 
-def run_ours(steps: int, n: int, out: Path) -> dict:
+def run_framesft(method: str, steps: int, n: int, base_model: str, out: Path) -> dict:
+    import torch
     from transformers import TrainingArguments
 
     from framesft.methods import build_method
     from framesft.methods.sft import AnswerOnlyCollator
     from framesft.modeling import attach_lora, cpu_supports_bf16, load_base_model, resolve_model_path
-    from framesft.training import LabelTrainer
+    from framesft.training import LabelTrainer, lora_model, mixed_precision_bf16
 
-    config, tokenizer, examples = encoded_examples(n)
-    import torch
-
-    model = attach_lora(load_base_model(config, resolve_model_path(config.model.base_model), torch.device("cpu"),
-                                        for_training=True), config)
+    dtype = {"before": "float32", "after": "auto", "bf16_base": "bfloat16"}[method]
+    config, tokenizer, examples = encoded_examples(n, base_model, dtype)
+    cpu = torch.device("cpu")
+    method_ = build_method(config, tokenizer, LABELS)
+    if method == "before":  # fp32 weights, stock dropout, autocast wherever the CPU has native bf16
+        model = attach_lora(load_base_model(config, resolve_model_path(base_model), cpu, for_training=True), config)
+        bf16 = cpu_supports_bf16()
+    else:
+        model = lora_model(config, resolve_model_path(base_model), method_, LABELS, cpu)
+        bf16 = mixed_precision_bf16(config, cpu)
     counter = TokenCounter(AnswerOnlyCollator(tokenizer.pad_token_id))
-    args = TrainingArguments(**common_args(steps, out), bf16=cpu_supports_bf16(), remove_unused_columns=False,
+    args = TrainingArguments(**common_args(steps, out), bf16=bf16, remove_unused_columns=False,
                              train_sampling_strategy="group_by_length")
     trainer = LabelTrainer(model=model, args=args, data_collator=counter,
                            train_dataset=[{"input_ids": e.input_ids, "labels": e.labels} for e in examples],
-                           method=build_method(config, tokenizer, LABELS), validate=lambda model: {})
-    return timed_train(trainer, counter, args.bf16)
+                           method=method_, validate=lambda model: {})
+    result = timed_train(trainer, counter, bf16)
+    result["base_weights_dtype"] = str(next(p for n_, p in model.named_parameters() if "lora_" not in n_).dtype)
+    return result
 
 
-def run_trl(steps: int, n: int, out: Path) -> dict:
+def run_trl(steps: int, n: int, base_model: str, out: Path) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -96,9 +118,8 @@ def run_trl(steps: int, n: int, out: Path) -> dict:
     from framesft.modeling import load_base_model, resolve_model_path
     from framesft.prompting import IGNORE_INDEX
 
-    config, tokenizer, examples = encoded_examples(n)
-    model = load_base_model(config, resolve_model_path(config.model.base_model), torch.device("cpu"),
-                            for_training=True)
+    config, tokenizer, examples = encoded_examples(n, base_model, "float32")
+    model = load_base_model(config, resolve_model_path(base_model), torch.device("cpu"), for_training=True)
     dataset = Dataset.from_list([{"input_ids": e.input_ids,
                                   "completion_mask": [int(t != IGNORE_INDEX) for t in e.labels]} for e in examples])
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, task_type="CAUSAL_LM",
@@ -130,48 +151,88 @@ def timed_train(trainer, counter: TokenCounter, bf16: bool) -> dict:
     }
 
 
+def run_method(method: str, base_model: str, args) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--method", method, "--model", base_model, "--examples",
+                           str(args.examples), "--steps", str(args.steps)], capture_output=True, text=True,
+                          env=os.environ)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        raise SystemExit(f"{method} on {base_model} failed:\n{done.stderr[-4000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def model_parameters(base_model: str) -> int:
+    import torch
+
+    from framesft.config import FrameSFTConfig
+    from framesft.modeling import load_base_model, resolve_model_path
+
+    config = FrameSFTConfig.model_validate({"model": {"base_model": base_model, "dtype": "float32"}})
+    model = load_base_model(config, resolve_model_path(base_model), torch.device("cpu"), for_training=False)
+    return non_embedding_parameters(model)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"results JSON (default: {RESULTS})")
     parser.add_argument("--examples", type=int, default=512)
-    parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--method", choices=["ours", "trl"], help=argparse.SUPPRESS)  # child process
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--models", nargs="+", default=MODELS)
+    parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)  # child process
+    parser.add_argument("--model", help=argparse.SUPPRESS)  # child process
     args = parser.parse_args()
-    work = REPO / "benchmarks" / "work" / "throughput"
     if args.method:
-        result = (run_ours if args.method == "ours" else run_trl)(args.steps, args.examples, work / args.method)
+        out = REPO / "benchmarks" / "work" / "throughput" / args.method
+        result = (run_trl(args.steps, args.examples, args.model, out) if args.method == "trl"
+                  else run_framesft(args.method, args.steps, args.examples, args.model, out))
         print("RESULT " + json.dumps(result))
         return
 
-    results = {}
-    for method in ("ours", "trl"):
-        done = subprocess.run([sys.executable, __file__, "--method", method, "--examples", str(args.examples),
-                               "--steps", str(args.steps)], capture_output=True, text=True, env=os.environ)
-        lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-        if done.returncode != 0 or not lines:
-            raise SystemExit(f"{method} failed:\n{done.stderr[-4000:]}")
-        results[method] = json.loads(lines[-1][len("RESULT "):])
-        print(method, json.dumps(results[method]))
+    roof = measure_roof()
+    print("roof", json.dumps(roof), flush=True)
+    models = {}
+    for base_model in args.models:
+        ceiling = ceilings(roof, model_parameters(base_model))
+        training_ceiling = ceiling["lora_training_tokens_per_second"]
+        results = {}
+        for method in METHODS:
+            results[method] = run_method(method, base_model, args)
+            results[method]["percent_of_training_ceiling"] = share(results[method]["real_tokens_per_second"],
+                                                                   training_ceiling)
+            results[method]["padded_percent_of_training_ceiling"] = share(
+                results[method]["padded_tokens"] / results[method]["seconds"], training_ceiling)
+            print(base_model, method, json.dumps(results[method]), flush=True)
+        speed = lambda m: results[m]["real_tokens_per_second"]  # noqa: E731
+        before, after = results["before"]["loss_curve"], results["after"]["loss_curve"]
+        models[base_model] = {
+            "ceiling": ceiling,
+            "methods": results,
+            "ratios": {
+                "after_over_before_real_tokens_per_second": round(speed("after") / speed("before"), 2),
+                "after_over_trl_real_tokens_per_second": round(speed("after") / speed("trl"), 2),
+                "bf16_base_over_before": round(speed("bf16_base") / speed("before"), 2),
+                "peak_rss_after_over_before": round(results["after"]["peak_rss_mib"]
+                                                    / results["before"]["peak_rss_mib"], 2),
+                "max_abs_loss_difference_after_vs_before": round(max(abs(a - b) for a, b in zip(before, after)), 4),
+                "mean_loss_after_minus_before": round(sum(after) / len(after) - sum(before) / len(before), 4),
+            },
+        }
     report = {
-        "benchmark": "training throughput, framesft trainer vs plain TRL SFTTrainer",
-        "model": "embedded:smollm2-135m-instruct",
+        "benchmark": "LoRA training throughput against the machine's ceiling: before/after issue 13, TRL",
+        "command": f"benchmarks/training_throughput.py --steps {args.steps}",
         "examples_in_dataset": args.examples,
         "batch_size": 8,
         "optimizer_steps": args.steps,
         "cores": os.cpu_count(),
-        "methods": results,
-        "ratios": {
-            "real_tokens_per_second_ours_over_trl": round(results["ours"]["real_tokens_per_second"]
-                                                          / results["trl"]["real_tokens_per_second"], 2),
-            "final_loss_ours_minus_trl": round(results["ours"]["final_loss_mean_last_4_steps"]
-                                               - results["trl"]["final_loss_mean_last_4_steps"], 4),
-            "peak_rss_ours_over_trl": round(results["ours"]["peak_rss_mib"] / results["trl"]["peak_rss_mib"], 2),
-        },
-        "target": "real tokens/s >= 2x TRL, final loss equal or lower at the same number of optimizer steps",
+        "roof_at_start": roof,
+        "roof_at_end": measure_roof(),
+        "models": models,
+        "targets": {"after_over_before": ">= 2", "peak_rss_after_over_before": "<= 1",
+                    "loss": "within tolerance of before (different dropout draws; fp32 instead of bf16 autocast)"},
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report["ratios"], indent=2))
+    print(json.dumps({m: r["ratios"] for m, r in models.items()}, indent=2))
 
 
 if __name__ == "__main__":

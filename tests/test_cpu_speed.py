@@ -129,3 +129,17 @@ def test_merged_adapter_scores_as_the_unmerged_one(trained_run):
     assert a.labels == b.labels == trained_run.labels
     assert np.abs(a.probabilities - b.probabilities).max() < 1e-4
     assert a.predictions == b.predictions
+
+
+def test_bf16_base_keeps_lora_weights_in_fp32(tiny_model_dir, tmp_path):
+    """Frozen weights held in bf16 once; what the optimizer updates (LoRA) stays fp32."""
+    from conftest import tiny_config
+    from framesft.modeling import attach_lora, load_base_model
+
+    config = tiny_config(tiny_model_dir, tmp_path / "run")
+    config.model.dtype = "bfloat16"
+    model = attach_lora(load_base_model(config, tiny_model_dir, torch.device("cpu"), for_training=True), config)
+    trainable = {p.dtype for p in model.parameters() if p.requires_grad}
+    frozen = {p.dtype for name, p in model.named_parameters() if not p.requires_grad and "norm" not in name}
+    assert trainable == {torch.float32}
+    assert frozen == {torch.bfloat16}
