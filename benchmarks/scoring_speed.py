@@ -6,8 +6,8 @@ in the same run.
 For each trained run (its base model plus its LoRA adapter; without --run: both embedded models with a freshly
 initialised adapter whose B matrices are set to small random values, for speed only):
 1. before    framesft's scorer as it ran before issue 13: fp32, the adapter unmerged (PEFT)
-2. after     the scorer as framesft runs it now on this CPU: adapter merged, weights in the dtype that
-             `model.dtype: auto` picks here (bf16 only where a matmul probe finds bf16 faster)
+2. after     the scorer as framesft runs it now on CPU: adapter merged, fp32 weights (`model.dtype: auto`
+             scores in fp32 on every CPU: see the bf16 agreement below)
 3. fp32 / bf16  merged weights in fp32 and in bf16 on all passages: bf16 speed and agreement with fp32
              (identical predictions, F1 macro of each against the annotations, largest probability difference)
 4. int8      torch dynamic int8 quantization of the merged fp32 model (speed and agreement)
@@ -191,8 +191,7 @@ def benchmark_model(target: str, passages: pd.DataFrame, roof: dict, args) -> di
     bf16 = record("bf16_merged", score(bf16_model, classifier, prompts), prompts)
     agreements["bf16_vs_fp32_merged"] = agreement(fp32, bf16, truth, labels)
     del bf16_model
-    auto = "bf16_merged" if cpu_prefers_bf16() else "fp32_merged"
-    methods["after"] = dict(methods[auto], same_as=auto)
+    methods["after"] = dict(methods["fp32_merged"], same_as="fp32_merged")  # what model.dtype: auto scores with
 
     int8_model = torch.ao.quantization.quantize_dynamic(copy.deepcopy(fp32_model), {torch.nn.Linear},
                                                         dtype=torch.qint8)
@@ -224,7 +223,7 @@ def benchmark_model(target: str, passages: pd.DataFrame, roof: dict, args) -> di
         "trained_run": is_run,
         "ceiling": ceiling,
         "prompt_tokens_per_passage": round(sum(len(p) for p in prompts) / len(prompts), 1),
-        "dtype_chosen_here_by_model_dtype_auto": "bf16" if cpu_prefers_bf16() else "fp32",
+        "bf16_would_be_faster_here": cpu_prefers_bf16(),
         "methods": methods,
         "agreement": agreements,
         "ratios": {

@@ -94,17 +94,18 @@ def test_cpu_weights_are_bf16_only_where_bf16_measures_faster(monkeypatch, tiny_
     rates = {torch.float32: 300.0, torch.bfloat16: 160.0}  # AVX512-BF16 without AMX, as measured here
     monkeypatch.setattr(modeling, "cpu_matmul_gflops", lambda dtype: rates[dtype])
     monkeypatch.setattr(modeling, "cpu_supports_bf16", lambda: True)
-    assert modeling.pick_dtype(config, cpu) == torch.float32
+    assert modeling.pick_dtype(config, cpu, for_training=True) == torch.float32
     assert mixed_precision_bf16(config, cpu) is False  # no autocast over fp32 weights
 
     rates[torch.bfloat16] = 900.0  # AMX
-    assert modeling.pick_dtype(config, cpu) == torch.bfloat16
+    assert modeling.pick_dtype(config, cpu, for_training=True) == torch.bfloat16
+    assert modeling.pick_dtype(config, cpu) == torch.float32  # scoring stays fp32 (bf16 agreement below 99%)
     assert mixed_precision_bf16(config, cpu) is True
     config.training.bf16 = False
     assert mixed_precision_bf16(config, cpu) is False
 
     monkeypatch.setattr(modeling, "cpu_supports_bf16", lambda: False)
-    assert modeling.pick_dtype(config, cpu) == torch.float32  # no native bf16: never, whatever a probe says
+    assert modeling.pick_dtype(config, cpu, for_training=True) == torch.float32  # no native bf16: never
     config.model.dtype = "bfloat16"
     assert modeling.pick_dtype(config, cpu) == torch.bfloat16  # an explicit dtype is obeyed
 

@@ -136,6 +136,19 @@ def test_bf16_run_writes_the_metrics_its_adapter_reproduces(tiny_model_dir, tmp_
     assert_saved_adapter_reproduces_written_predictions(result.run_dir)
 
 
+def test_run_trained_on_bf16_weights_reports_the_fp32_metrics_evaluate_reproduces(tiny_model_dir, tmp_path,
+                                                                                   monkeypatch):
+    """Where bf16 is the faster CPU choice (AMX, simulated here) training holds the base in bf16 but scoring
+    uses fp32 weights: the run's final metrics come from the reloaded fp32 model, as `evaluate` computes them."""
+    import framesft.modeling as modeling
+
+    monkeypatch.setattr(modeling, "cpu_prefers_bf16", lambda: True)
+    config = tiny_config(tiny_model_dir, tmp_path / "run", bf16=True, num_epochs=1)
+    assert modeling.pick_dtype(config, torch.device("cpu"), for_training=True) == torch.bfloat16
+    result = train(config, show_progress=False)
+    assert_saved_adapter_reproduces_written_predictions(result.run_dir)
+
+
 def test_out_of_memory_retries_with_half_batch_and_double_accumulation(tiny_model_dir, tmp_path, monkeypatch):
     import framesft.training as training
 

@@ -59,8 +59,8 @@ class ModelSection(Section):
     trust_remote_code: bool = key(False, "run code shipped with the model repository (logged when on)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = key(
         "auto", "dtype of the frozen base weights (LoRA weights stay fp32); auto: bf16 on GPUs that support it "
-                "(else fp16); on CPU bf16 where the CPU has native bf16 and a short matmul probe finds bf16 faster "
-                "than fp32 (AMX), else fp32")
+                "(else fp16); on CPU fp32 for scoring, and for training bf16 where the CPU has native bf16 and a "
+                "short matmul probe finds bf16 faster than fp32 (AMX), else fp32")
     load_in_4bit: bool = key(False, "QLoRA: 4-bit NF4 base weights (CUDA GPU and bitsandbytes: pip install "
                                     "'framesft[gpu]')")
     attn_implementation: str | None = key(None, "attention kernel passed to transformers (eager, sdpa, "

@@ -36,7 +36,7 @@ from .config import FrameSFTConfig
 from .dataset import RunData, check_run_lengths, load_run_data
 from .errors import FrameSFTError, TrainingInterrupted
 from .evaluation import evaluate_texts, write_evaluation
-from .inference import Classifier, merged_for_scoring
+from .inference import Classifier, load_classifier, merged_for_scoring
 from .methods import Method, build_method
 from .metrics import classification_metrics, headline
 from .lora_dropout import use_mask_dropout
@@ -110,8 +110,7 @@ def train(config: FrameSFTConfig, run_dir: str | Path | None = None, overwrite: 
             write_json(run_dir / TRAINER_STATE_FILE, dataclasses.asdict(trainer.state))
             # Without the trainer's mixed-precision wrapper: the run's final metrics are then the ones that
             # `framesft evaluate` reproduces from the saved adapter, not a bf16-autocast variant of them.
-            final_model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
-            classifier = Classifier(config, data.labels, merged_for_scoring(final_model), tokenizer, method)
+            classifier = final_classifier(trainer, config, data.labels, method, run_dir, state.device)
             evaluate_and_summarise(result, classifier, data, trainer, show_progress)
         state.wait_for_everyone()
         return result
@@ -126,6 +125,17 @@ def train(config: FrameSFTConfig, run_dir: str | Path | None = None, overwrite: 
     finally:
         finish_tracking()
         detach_log_file(log_file)
+
+
+def final_classifier(trainer: LabelTrainer, config: FrameSFTConfig, labels: list[str], method: Method,
+                     run_dir: Path, device: torch.device) -> Classifier:
+    """The trained model as `framesft evaluate` will load it, so that the run's final metrics are the ones the
+    saved adapter reproduces: merged, without the trainer's mixed-precision wrapper, and reloaded from the run
+    folder where scoring uses other base weights than training did (bf16 for training, fp32 for scoring on CPU)."""
+    if pick_dtype(config, device, for_training=True) != pick_dtype(config, device, for_training=False):
+        return load_classifier(run_dir, device)
+    final_model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+    return Classifier(config, labels, merged_for_scoring(final_model), method.tokenizer, method)
 
 
 def warn_if_config_changed(run_dir: Path, config: FrameSFTConfig) -> None:
@@ -222,7 +232,7 @@ def mixed_precision_bf16(config: FrameSFTConfig, device: torch.device) -> bool:
     frozen weight at every step, and on CPUs whose bf16 matmul is slower than fp32 it is slower still."""
     if not config.training.bf16 or device.type == "cuda":
         return config.training.bf16
-    if pick_dtype(config, device) != torch.bfloat16:
+    if pick_dtype(config, device, for_training=True) != torch.bfloat16:
         why = ("model.dtype is float32" if config.model.dtype == "float32"
                else f"bf16 is not faster than fp32 on this CPU ({cpu_precision_note()})")
         log.info("training.bf16: training in fp32 because %s; model.dtype: bfloat16 forces bf16", why)
