@@ -89,6 +89,29 @@ def test_killed_prediction_resumes_to_exactly_once_output(trained_run, tmp_path)
     assert not parts.exists()
 
 
+FIRST_BATCH_SCORES = """
+import hashlib, sys
+import pandas as pd
+from framesft.inference import load_classifier
+texts = pd.read_csv(sys.argv[2])["chunk_text"].tolist()
+print(hashlib.sha1(load_classifier(sys.argv[1]).score(texts, "scoring", False).scores.tobytes()).hexdigest())
+"""
+
+
+def test_fresh_processes_score_the_first_batch_bit_identically(trained_run, tmp_path):
+    """A resumed prediction mixes rows scored by different processes. Without settle_cpu_math_kernels about one
+    fresh process in three scored its first batch with a low-accuracy MKL cos (pytorch/pytorch#188792), so six
+    processes all agreeing would then happen about one time in ten."""
+    corpus = tmp_path / "corpus.csv"
+    corpus_frame(40).to_csv(corpus, index=False)
+    digests = []
+    for _ in range(3):  # two at a time: concurrent processes make the thread timing less regular
+        pair = [subprocess.Popen([sys.executable, "-c", FIRST_BATCH_SCORES, str(trained_run.run_dir), str(corpus)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(2)]
+        digests += [process.communicate(timeout=300)[0].strip() for process in pair]
+    assert all(digests) and len(set(digests)) == 1, digests
+
+
 def test_resume_refuses_parts_from_a_different_input(trained_run, tmp_path):
     corpus = tmp_path / "corpus.csv"
     corpus_frame(20).to_csv(corpus, index=False)

@@ -168,6 +168,27 @@ def pick_dtype(config: FrameSFTConfig, device: torch.device, for_training: bool 
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[chosen]
 
 
+# Elementwise ops that PyTorch hands to Intel MKL's vector math library (VML) for float32/float64 CPU tensors
+# (ATen/cpu/vml.h).
+MKL_VML_OPS = ("acos", "asin", "atan", "cos", "erf", "erfc", "erfinv", "exp", "log", "log10", "log2", "sin", "sqrt",
+               "tan", "tanh", "trunc")
+
+
+@functools.cache
+def settle_cpu_math_kernels() -> None:
+    """Call each MKL VML op once on one element, before any real work in this process.
+
+    oneMKL picks a VML function's kernel on its first call. When that first call runs on several intra-op threads
+    at once (PyTorch splits any tensor over 2,048 elements), one thread can run a low-accuracy kernel over its
+    chunk (pytorch/pytorch#188792, fixed in oneMKL 2025 and later). Here it hit the rotary embedding's `cos` in the
+    first batch of about one process in three: cos(0.3162) came out 0.9503 instead of 0.9504 and that batch's
+    scores moved by up to 4e-5, so a `framesft predict` resumed in a new process disagreed with an uninterrupted
+    one. A one-element call runs in the calling thread only, so the choice is made before threads can race."""
+    for name in MKL_VML_OPS:
+        for dtype in (torch.float32, torch.float64):
+            getattr(torch, name)(torch.full((1,), 0.5, dtype=dtype))
+
+
 def load_tokenizer(model_path: str, trust_remote_code: bool):
     from transformers import AutoTokenizer
 
@@ -186,6 +207,7 @@ def load_tokenizer(model_path: str, trust_remote_code: bool):
 def load_base_model(config: FrameSFTConfig, model_path: str, device: torch.device, for_training: bool,
                     labels: list[str] | None = None, pad_token_id: int | None = None):
     """The base model in the class the method trains (causal LM, or with a sequence-classification head)."""
+    settle_cpu_math_kernels()
     method = method_class(config.method)
     kwargs = dict(dtype=pick_dtype(config, device, for_training), trust_remote_code=config.model.trust_remote_code,
                   **method.model_kwargs(labels, pad_token_id))
