@@ -14,6 +14,13 @@ lr 2e-4, the same number of optimizer steps:
 - bf16_base: the bf16 path forced (model.dtype: bfloat16, autocast, LoRA fp32): what `auto` picks on AMX CPUs
 - trl:       SFTTrainer with its default collation (right padding, random batches), full LM head, fp32,
              loss on the completion tokens only
+and three ways to trade speed for memory with `after` (fp32 activations take more memory than the bf16 ones
+of `before`):
+- checkpointing:         training.gradient_checkpointing: true (every decoder layer recomputed)
+- checkpointing_every_2: the same with training.checkpoint_every_n_layers: 2
+- malloc_mmap_8mb:       `after` under MALLOC_MMAP_THRESHOLD_=8388608 (glibc: blocks of 8 MB and more are
+                         mapped and unmapped, so freed activations go back to the system instead of staying in
+                         the heap; costs page faults)
 framesft's three use length-grouped batches, left padding and the LM head on the answer positions only. Each
 method runs in its own process (clean peak RSS). The roof (fp32 and bf16 matmul GFLOP/s) is measured at the
 start; the ceiling is roof / (4N) tokens/s (roofline.py). Writes benchmarks/results/training_throughput.json.
@@ -39,10 +46,14 @@ LABELS = ["Conflict", "Moral Value", "Economic", "Powerlessness", "Human Impact"
 
 
 MODELS = ["embedded:smollm2-135m-instruct", "embedded:gemma3-270m"]
-METHODS = ["before", "after", "bf16_base", "trl"]
+METHODS = ["before", "after", "bf16_base", "trl", "checkpointing", "checkpointing_every_2", "malloc_mmap_8mb"]
+# framesft training settings and the environment of each method's process, where they differ from `after`
+TRAINING = {"checkpointing": {"gradient_checkpointing": True},
+            "checkpointing_every_2": {"gradient_checkpointing": True, "checkpoint_every_n_layers": 2}}
+ENVIRONMENT = {"malloc_mmap_8mb": {"MALLOC_MMAP_THRESHOLD_": str(8 << 20)}}
 
 
-def encoded_examples(n: int, base_model: str, dtype: str = "auto"):
+def encoded_examples(n: int, base_model: str, dtype: str = "auto", training: dict | None = None):
     import pandas as pd
 
     from framesft.config import FrameSFTConfig
@@ -50,7 +61,7 @@ def encoded_examples(n: int, base_model: str, dtype: str = "auto"):
     from framesft.prompting import PromptBuilder
 
     config = FrameSFTConfig.model_validate({"model": {"base_model": base_model, "dtype": dtype},
-                                            "training": {"bf16": True}})
+                                            "training": {"bf16": True, **(training or {})}})
     tokenizer = load_tokenizer(resolve_model_path(config.model.base_model), False)
     builder = PromptBuilder(tokenizer, LABELS, config.prompt, 512)
     frame = pd.read_csv(SHARED / "train_data.csv", dtype=str, keep_default_na=False).sample(n=n, random_state=0)
@@ -88,8 +99,8 @@ def run_framesft(method: str, steps: int, n: int, base_model: str, out: Path) ->
     from framesft.modeling import attach_lora, cpu_supports_bf16, load_base_model, resolve_model_path
     from framesft.training import LabelTrainer, lora_model, mixed_precision_bf16
 
-    dtype = {"before": "float32", "after": "auto", "bf16_base": "bfloat16"}[method]
-    config, tokenizer, examples = encoded_examples(n, base_model, dtype)
+    dtype = {"before": "float32", "bf16_base": "bfloat16"}.get(method, "auto")
+    config, tokenizer, examples = encoded_examples(n, base_model, dtype, TRAINING.get(method))
     cpu = torch.device("cpu")
     method_ = build_method(config, tokenizer, LABELS)
     if method == "before":  # fp32 weights, stock dropout, autocast wherever the CPU has native bf16
@@ -154,7 +165,7 @@ def timed_train(trainer, counter: TokenCounter, bf16: bool) -> dict:
 def run_method(method: str, base_model: str, args) -> dict:
     done = subprocess.run([sys.executable, __file__, "--method", method, "--model", base_model, "--examples",
                            str(args.examples), "--steps", str(args.steps)], capture_output=True, text=True,
-                          env=os.environ)
+                          env={**os.environ, **ENVIRONMENT.get(method, {})})
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
         raise SystemExit(f"{method} on {base_model} failed:\n{done.stderr[-4000:]}")
@@ -211,8 +222,10 @@ def main() -> None:
                 "after_over_before_real_tokens_per_second": round(speed("after") / speed("before"), 2),
                 "after_over_trl_real_tokens_per_second": round(speed("after") / speed("trl"), 2),
                 "bf16_base_over_before": round(speed("bf16_base") / speed("before"), 2),
-                "peak_rss_after_over_before": round(results["after"]["peak_rss_mib"]
-                                                    / results["before"]["peak_rss_mib"], 2),
+                **{f"peak_rss_{m}_over_before": round(results[m]["peak_rss_mib"] / results["before"]["peak_rss_mib"],
+                                                      2) for m in ["after", *TRAINING, *ENVIRONMENT]},
+                **{f"{m}_over_before_real_tokens_per_second": round(speed(m) / speed("before"), 2)
+                   for m in [*TRAINING, *ENVIRONMENT]},
                 "max_abs_loss_difference_after_vs_before": round(max(abs(a - b) for a, b in zip(before, after)), 4),
                 "mean_loss_after_minus_before": round(sum(after) / len(after) - sum(before) / len(before), 4),
             },

@@ -174,6 +174,11 @@ def test_keys_without_effect_are_reported_when_the_config_is_loaded(tmp_path, ca
     load_config(write(tmp_path, "method: classification\nprompt:\n  instruction: Pick one.\n"))
     assert "prompt.* has no effect with method: classification" in caplog.text
     caplog.clear()
+    load_config(write(tmp_path, "training:\n  checkpoint_every_n_layers: 2\n"))
+    assert "checkpoint_every_n_layers (2) has no effect: training.gradient_checkpointing is false" in caplog.text
+    caplog.clear()
+    load_config(write(tmp_path, "training:\n  gradient_checkpointing: true\n  checkpoint_every_n_layers: 2\n"))
+    assert caplog.text == ""
     # save_steps equal to eval_steps (the legacy layout) and a resolved config saved by a run: nothing to report
     resolved = load_config(write(tmp_path, LEGACY_CONFIG)).to_yaml()
     load_config(write(tmp_path, resolved, "resolved.yaml"))

@@ -144,3 +144,44 @@ def test_bf16_base_keeps_lora_weights_in_fp32(tiny_model_dir, tmp_path):
     frozen = {p.dtype for name, p in model.named_parameters() if not p.requires_grad and "norm" not in name}
     assert trainable == {torch.float32}
     assert frozen == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("every_n_layers", [1, 2])
+def test_gradient_checkpointing_recomputes_the_same_dropout_masks(tiny_model_dir, tmp_path, every_n_layers):
+    """Checkpointing (the memory knob, training.gradient_checkpointing) reruns layers' forward in the backward
+    pass, drawing LoRA's dropout masks again: the gradients must equal those of the run that kept its activations,
+    which they only do if the recomputation draws the same masks."""
+    from conftest import tiny_config
+    from framesft.lora_dropout import MaskDropout
+    from framesft.methods import build_method
+    from framesft.modeling import load_tokenizer
+    from framesft.training import lora_model
+
+    ids = torch.randint(5, 200, (3, 40), generator=torch.Generator().manual_seed(0))
+    gradients, mask_draws = {}, {}
+    for checkpointing in (False, True):
+        config = tiny_config(tiny_model_dir, tmp_path / "run", gradient_checkpointing=checkpointing,
+                             checkpoint_every_n_layers=every_n_layers, lora_dropout=0.3)
+        method = build_method(config, load_tokenizer(tiny_model_dir, False), ["A", "B"])
+        torch.manual_seed(0)
+        model = lora_model(config, tiny_model_dir, method, ["A", "B"], torch.device("cpu")).train()
+        draws = []
+        for module in model.modules():
+            if isinstance(module, MaskDropout):
+                module.register_forward_hook(lambda *_: draws.append(1))
+        for name, parameter in sorted(model.named_parameters()):
+            if "lora_B" in name:  # B starts at zero, which would leave A without a gradient
+                with torch.no_grad():
+                    parameter.normal_(generator=torch.Generator().manual_seed(len(name)))
+        torch.manual_seed(1)
+        model(input_ids=ids).logits[:, -1].pow(2).mean().backward()
+        gradients[checkpointing] = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        mask_draws[checkpointing] = len(draws)
+        layers = model.get_base_model().config.num_hidden_layers
+    per_layer = mask_draws[False] // layers
+    recomputed_layers = len(range(0, layers, every_n_layers))
+    assert mask_draws[True] == mask_draws[False] + recomputed_layers * per_layer  # the backward really recomputed
+    assert gradients[False].keys() == gradients[True].keys()
+    for name, gradient in gradients[False].items():
+        assert gradient.abs().sum() > 0, name
+        torch.testing.assert_close(gradients[True][name], gradient, rtol=1e-4, atol=1e-6, msg=name)

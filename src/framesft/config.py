@@ -186,6 +186,9 @@ class TrainingSection(Section):
     early_stopping_patience: int | None = key(3, "stop after this many evaluations without improvement of "
                                                  "evaluation.metric; null: never stop early", gt=0)
     gradient_checkpointing: bool = key(False, "recompute activations in the backward pass (less memory, slower)")
+    checkpoint_every_n_layers: int = key(1, "with gradient_checkpointing: recompute only every n-th decoder "
+                                            "layer; 2 gives about half the memory saving for half the extra time",
+                                         gt=0)
     max_steps: int | None = key(None, "cap on optimizer steps (smoke tests); null: num_epochs decides", gt=0)
     oom_retry: bool = key(False, "on CUDA out-of-memory, retry from the start with half the batch and twice the "
                                  "accumulation (the effective batch stays the same)")
@@ -336,6 +339,9 @@ def keys_without_effect(config: FrameSFTConfig) -> list[str]:
         notes.append(f"training.save_steps ({t.save_steps}) has no effect: a checkpoint is saved at every "
                      f"evaluation ({every}, training.eval_steps) so that the best one can be kept; set "
                      "training.eval_steps instead")
+    if t.checkpoint_every_n_layers != 1 and not t.gradient_checkpointing:
+        notes.append(f"training.checkpoint_every_n_layers ({t.checkpoint_every_n_layers}) has no effect: "
+                     "training.gradient_checkpointing is false")
     if config.hardware.gpu is False:
         if config.hardware.device_map is not None:
             notes.append("hardware.device_map has no effect: hardware.gpu is false and device maps place "

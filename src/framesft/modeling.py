@@ -227,11 +227,11 @@ def load_base_model(config: FrameSFTConfig, model_path: str, device: torch.devic
     if config.model.load_in_4bit and for_training:
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=config.training.gradient_checkpointing
-        )
-    elif for_training and config.training.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # Checkpointing is switched on below, the same way as without 4-bit weights.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if for_training and config.training.gradient_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False},
+                                              every_n_layers=config.training.checkpoint_every_n_layers)
         model.enable_input_require_grads()
     model.config.use_cache = not for_training
     return model
