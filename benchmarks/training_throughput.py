@@ -232,7 +232,9 @@ def main() -> None:
         }
     report = {
         "benchmark": "LoRA training throughput against the machine's ceiling: before/after issue 13, TRL",
-        "command": f"benchmarks/training_throughput.py --steps {args.steps}",
+        "command": " ".join(["benchmarks/training_throughput.py", "--steps", str(args.steps)]
+                            + (["--models", *args.models] if args.models != MODELS else [])
+                            + (["--output", str(args.output)] if args.output != RESULTS else [])),
         "examples_in_dataset": args.examples,
         "batch_size": 8,
         "optimizer_steps": args.steps,
