@@ -1,5 +1,5 @@
 """Where CPU time goes: torch profiler breakdowns of label scoring (fp32 vs bf16 weights) and of a LoRA training
-step (PEFT's stock dropout vs lora_dropout.MaskDropout), on real passages, in one run.
+step (PEFT's stock dropout vs cpu_lora.MaskDropout), on real passages, in one run.
 
     .venv/bin/python benchmarks/cpu_profile.py
 
@@ -74,7 +74,7 @@ def scoring_profiles(base_model: str, passages: int) -> dict:
 
 
 def training_profiles(base_model: str, steps: int) -> dict:
-    from framesft.lora_dropout import use_mask_dropout
+    from framesft.cpu_lora import use_mask_dropout
     from framesft.methods.sft import AnswerOnlyCollator, answer_only_loss
     from framesft.modeling import attach_lora, load_base_model, load_tokenizer, resolve_model_path
     from framesft.prompting import PromptBuilder

@@ -16,10 +16,10 @@ import torch
 
 
 def measure_roof(size: int = 2048, repeats: int = 5) -> dict:
-    from framesft.modeling import cpu_matmul_gflops
+    from framesft.modeling import measure_matmul_gflops
 
-    fp32 = cpu_matmul_gflops.__wrapped__(torch.float32, size, repeats)  # __wrapped__: measure now, not cached
-    bf16 = cpu_matmul_gflops.__wrapped__(torch.bfloat16, size, repeats)
+    fp32 = measure_matmul_gflops(torch.float32, size, repeats)
+    bf16 = measure_matmul_gflops(torch.bfloat16, size, repeats)
     return {"matmul_size": size, "fp32_gflops": round(fp32, 1), "bf16_gflops": round(bf16, 1),
             "best_gflops": round(max(fp32, bf16), 1), "best_dtype": "bf16" if bf16 > fp32 else "fp32"}
 

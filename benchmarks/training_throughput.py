@@ -47,6 +47,7 @@ LABELS = ["Conflict", "Moral Value", "Economic", "Powerlessness", "Human Impact"
 
 MODELS = ["embedded:smollm2-135m-instruct", "embedded:gemma3-270m"]
 METHODS = ["before", "after", "bf16_base", "trl", "checkpointing", "checkpointing_every_2", "malloc_mmap_8mb"]
+INTERLEAVED = ["before", "after", "after_unfused", "checkpointing_every_2"]
 # framesft training settings and the environment of each method's process, where they differ from `after`
 TRAINING = {"checkpointing": {"gradient_checkpointing": True},
             "checkpointing_every_2": {"gradient_checkpointing": True, "checkpoint_every_n_layers": 2}}
@@ -90,14 +91,13 @@ def common_args(steps: int, out: Path) -> dict:
                 eval_strategy="no", report_to="none", seed=0, data_seed=0, use_cpu=True, disable_tqdm=True)
 
 
-def run_framesft(method: str, steps: int, n: int, base_model: str, out: Path) -> dict:
+def framesft_setup(method: str, n: int, base_model: str):
+    """The model, training method, autocast flag and encoded examples of one of framesft's methods."""
     import torch
-    from transformers import TrainingArguments
 
     from framesft.methods import build_method
-    from framesft.methods.sft import AnswerOnlyCollator
     from framesft.modeling import attach_lora, cpu_supports_bf16, load_base_model, resolve_model_path
-    from framesft.training import LabelTrainer, lora_model, mixed_precision_bf16
+    from framesft.training import lora_model, mixed_precision_bf16
 
     dtype = {"before": "float32", "bf16_base": "bfloat16"}.get(method, "auto")
     config, tokenizer, examples = encoded_examples(n, base_model, dtype, TRAINING.get(method))
@@ -108,7 +108,23 @@ def run_framesft(method: str, steps: int, n: int, base_model: str, out: Path) ->
         bf16 = cpu_supports_bf16()
     else:
         model = lora_model(config, resolve_model_path(base_model), method_, LABELS, cpu)
+        if method == "after_unfused":  # PEFT's LoRA forward with the new dropout mask: the fused layer's share
+            from peft.tuners.lora.layer import Linear as LoraLinear
+
+            for module in model.modules():
+                if isinstance(module, LoraLinear):
+                    module.__dict__.pop("forward")
         bf16 = mixed_precision_bf16(config, cpu)
+    return model, method_, bf16, tokenizer, examples
+
+
+def run_framesft(method: str, steps: int, n: int, base_model: str, out: Path) -> dict:
+    from transformers import TrainingArguments
+
+    from framesft.methods.sft import AnswerOnlyCollator
+    from framesft.training import LabelTrainer
+
+    model, method_, bf16, tokenizer, examples = framesft_setup(method, n, base_model)
     counter = TokenCounter(AnswerOnlyCollator(tokenizer.pad_token_id))
     args = TrainingArguments(**common_args(steps, out), bf16=bf16, remove_unused_columns=False,
                              train_sampling_strategy="group_by_length")
@@ -117,6 +133,63 @@ def run_framesft(method: str, steps: int, n: int, base_model: str, out: Path) ->
                            method=method_, validate=lambda model: {})
     result = timed_train(trainer, counter, bf16)
     result["base_weights_dtype"] = str(next(p for n_, p in model.named_parameters() if "lora_" not in n_).dtype)
+    return result
+
+
+def run_interleaved(methods: list[str], rounds: int, warmup: int, n: int, base_model: str) -> dict:
+    """Steady-state speed of several methods in one process, one optimizer step of each in turn on the same
+    batch, so that they share the machine's state (this VM's speed drifts by 20-30% over minutes). The first
+    `warmup` rounds (allocator growth: several GB of page faults per method) are not counted."""
+    import statistics
+
+    import torch
+
+    from framesft.methods.sft import AnswerOnlyCollator
+
+    setups = {m: framesft_setup(m, n, base_model) for m in methods}
+    _, _, _, tokenizer, examples = setups[methods[0]]
+    collate = AnswerOnlyCollator(tokenizer.pad_token_id)
+    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(0)).tolist()
+    batches = []  # like group_by_length: groups of 8 batches sorted by length, then shuffled
+    for start in range(0, len(order) - 63, 64):
+        group = sorted(order[start:start + 64], key=lambda i: len(examples[i].input_ids))
+        chunk = [collate([{"input_ids": examples[i].input_ids, "labels": examples[i].labels}
+                          for i in group[k:k + 8]]) for k in range(0, 64, 8)]
+        batches += [chunk[i] for i in torch.randperm(8, generator=torch.Generator().manual_seed(start)).tolist()]
+    optimizers = {m: torch.optim.AdamW([p for p in setups[m][0].parameters() if p.requires_grad], lr=2e-4)
+                  for m in methods}
+    seconds = {m: [] for m in methods}
+    tokens = []
+    for round_ in range(warmup + rounds):
+        batch = batches[round_ % len(batches)]
+        for m in methods:
+            model, method_, bf16, _, _ = setups[m]
+            model.train()
+            torch.manual_seed(round_)
+            start = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = method_.loss(model, batch)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+            optimizers[m].step()
+            optimizers[m].zero_grad(set_to_none=True)
+            if round_ >= warmup:
+                seconds[m].append(time.perf_counter() - start)
+        if round_ >= warmup:
+            tokens.append(int(batch["attention_mask"].sum()))
+        print(f"round {round_}", {m: round(seconds[m][-1], 2) for m in methods if seconds[m]}, file=sys.stderr,
+              flush=True)
+    result = {"methods": methods, "rounds_counted": rounds, "warmup_rounds": warmup,
+              "real_tokens": sum(tokens), "step_seconds": {m: [round(x, 3) for x in v] for m, v in seconds.items()},
+              "real_tokens_per_second": {m: round(sum(tokens) / sum(v), 1) for m, v in seconds.items()},
+              "base_weights_dtype": {m: str(next(p for n_, p in setups[m][0].named_parameters()
+                                                 if "lora_" not in n_).dtype) for m in methods},
+              "bf16_autocast": {m: setups[m][2] for m in methods}}
+    result["paired_ratios_over_before"] = {
+        m: {"median": round(statistics.median(b / a for a, b in zip(seconds[m], seconds["before"])), 3),
+            "min": round(min(b / a for a, b in zip(seconds[m], seconds["before"])), 3),
+            "max": round(max(b / a for a, b in zip(seconds[m], seconds["before"])), 3)}
+        for m in methods if m != "before"} if "before" in methods else {}
     return result
 
 
@@ -164,8 +237,8 @@ def timed_train(trainer, counter: TokenCounter, bf16: bool) -> dict:
 
 def run_method(method: str, base_model: str, args) -> dict:
     done = subprocess.run([sys.executable, __file__, "--method", method, "--model", base_model, "--examples",
-                           str(args.examples), "--steps", str(args.steps)], capture_output=True, text=True,
-                          env={**os.environ, **ENVIRONMENT.get(method, {})})
+                           str(args.examples), "--steps", str(args.steps), "--rounds", str(args.rounds)],
+                          capture_output=True, text=True, env={**os.environ, **ENVIRONMENT.get(method, {})})
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
         raise SystemExit(f"{method} on {base_model} failed:\n{done.stderr[-4000:]}")
@@ -189,13 +262,21 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=512)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--models", nargs="+", default=MODELS)
-    parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)  # child process
+    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS,
+                        help="methods run in their own process (peak RSS, Trainer); 'before' and 'after' always")
+    parser.add_argument("--rounds", type=int, default=8,
+                        help="counted rounds of the interleaved steady-state measurement (after 2 warm-up rounds)")
+    parser.add_argument("--method", choices=METHODS + ["interleaved"], help=argparse.SUPPRESS)  # child process
     parser.add_argument("--model", help=argparse.SUPPRESS)  # child process
     args = parser.parse_args()
     if args.method:
         out = REPO / "benchmarks" / "work" / "throughput" / args.method
-        result = (run_trl(args.steps, args.examples, args.model, out) if args.method == "trl"
-                  else run_framesft(args.method, args.steps, args.examples, args.model, out))
+        if args.method == "interleaved":
+            result = run_interleaved(INTERLEAVED, args.rounds, 2, args.examples, args.model)
+        elif args.method == "trl":
+            result = run_trl(args.steps, args.examples, args.model, out)
+        else:
+            result = run_framesft(args.method, args.steps, args.examples, args.model, out)
         print("RESULT " + json.dumps(result))
         return
 
@@ -206,26 +287,40 @@ def main() -> None:
         ceiling = ceilings(roof, model_parameters(base_model))
         training_ceiling = ceiling["lora_training_tokens_per_second"]
         results = {}
-        for method in METHODS:
+        methods = [m for m in METHODS if m in {"before", "after", *args.methods}]
+        for method in methods:
             results[method] = run_method(method, base_model, args)
             results[method]["percent_of_training_ceiling"] = share(results[method]["real_tokens_per_second"],
                                                                    training_ceiling)
             results[method]["padded_percent_of_training_ceiling"] = share(
                 results[method]["padded_tokens"] / results[method]["seconds"], training_ceiling)
             print(base_model, method, json.dumps(results[method]), flush=True)
+        steady = run_method("interleaved", base_model, args)
+        steady["percent_of_training_ceiling"] = {m: share(v, training_ceiling)
+                                                 for m, v in steady["real_tokens_per_second"].items()}
+        print(base_model, "interleaved", json.dumps(steady), flush=True)
         speed = lambda m: results[m]["real_tokens_per_second"]  # noqa: E731
+        steady_speed = steady["real_tokens_per_second"]
         before, after = results["before"]["loss_curve"], results["after"]["loss_curve"]
         models[base_model] = {
             "ceiling": ceiling,
             "methods": results,
+            "steady_state_interleaved": steady,
             "ratios": {
+                "steady_state_after_over_before": round(steady_speed["after"] / steady_speed["before"], 2),
+                "steady_state_after_unfused_over_before": round(steady_speed["after_unfused"]
+                                                                / steady_speed["before"], 2),
+                "steady_state_checkpointing_every_2_over_before": round(steady_speed["checkpointing_every_2"]
+                                                                        / steady_speed["before"], 2),
                 "after_over_before_real_tokens_per_second": round(speed("after") / speed("before"), 2),
-                "after_over_trl_real_tokens_per_second": round(speed("after") / speed("trl"), 2),
-                "bf16_base_over_before": round(speed("bf16_base") / speed("before"), 2),
+                **({"after_over_trl_real_tokens_per_second": round(speed("after") / speed("trl"), 2)}
+                   if "trl" in results else {}),
+                **({"bf16_base_over_before": round(speed("bf16_base") / speed("before"), 2)}
+                   if "bf16_base" in results else {}),
                 **{f"peak_rss_{m}_over_before": round(results[m]["peak_rss_mib"] / results["before"]["peak_rss_mib"],
-                                                      2) for m in ["after", *TRAINING, *ENVIRONMENT]},
+                                                      2) for m in ["after", *TRAINING, *ENVIRONMENT] if m in results},
                 **{f"{m}_over_before_real_tokens_per_second": round(speed(m) / speed("before"), 2)
-                   for m in [*TRAINING, *ENVIRONMENT]},
+                   for m in [*TRAINING, *ENVIRONMENT] if m in results},
                 "max_abs_loss_difference_after_vs_before": round(max(abs(a - b) for a, b in zip(before, after)), 4),
                 "mean_loss_after_minus_before": round(sum(after) / len(after) - sum(before) / len(before), 4),
             },
@@ -234,6 +329,8 @@ def main() -> None:
         "benchmark": "LoRA training throughput against the machine's ceiling: before/after issue 13, TRL",
         "command": " ".join(["benchmarks/training_throughput.py", "--steps", str(args.steps)]
                             + (["--models", *args.models] if args.models != MODELS else [])
+                            + (["--methods", *args.methods] if args.methods != METHODS else [])
+                            + (["--rounds", str(args.rounds)] if args.rounds != 8 else [])
                             + (["--output", str(args.output)] if args.output != RESULTS else [])),
         "examples_in_dataset": args.examples,
         "batch_size": 8,
@@ -242,6 +339,7 @@ def main() -> None:
         "roof_at_start": roof,
         "roof_at_end": measure_roof(),
         "models": models,
+        "interleaved_methods": INTERLEAVED,
         "targets": {"after_over_before": ">= 2", "peak_rss_after_over_before": "<= 1",
                     "loss": "within tolerance of before (different dropout draws; fp32 instead of bf16 autocast)"},
     }

@@ -1,4 +1,5 @@
-"""CPU speed work (issue 13): LoRA's cheaper dropout mask, the measured bf16-or-fp32 choice, merged adapters.
+"""CPU speed work (issue 13): LoRA's cheaper dropout mask and fused layer, the measured bf16-or-fp32 choice,
+merged adapters.
 
 The dropout tests check the mask against the distribution it must have (independent Bernoulli drops with
 probability p), not against itself."""
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from framesft.lora_dropout import MaskDropout, keep_mask, use_mask_dropout
+from framesft.cpu_lora import MaskDropout, keep_mask, use_mask_dropout
 
 from conftest import SAMPLE_DATA
 
@@ -36,7 +37,7 @@ def test_mask_elements_are_independent_including_the_four_lanes_of_one_draw():
     drop = ~keep_mask(torch.Size([4_000_000]), p)
     lanes = drop.view(-1, 4)  # the four 16-bit lanes of each draw
     n = lanes.shape[0]
-    for lane in range(4):  # the top lane has one bit fewer; it must still drop at p
+    for lane in range(4):
         assert abs(binomial_z(int(lanes[:, lane].sum()), n, p)) < 4.5
     for a, b in [(0, 1), (1, 2), (2, 3), (0, 3)]:
         both = int((lanes[:, a] & lanes[:, b]).sum())
@@ -111,9 +112,9 @@ def test_cpu_weights_are_bf16_only_where_bf16_measures_faster(monkeypatch, tiny_
 
 
 def test_matmul_probe_measures_a_positive_rate():
-    from framesft.modeling import cpu_matmul_gflops
+    from framesft.modeling import measure_matmul_gflops
 
-    assert cpu_matmul_gflops(torch.float32, size=128, repeats=2) > 0.1
+    assert measure_matmul_gflops(torch.float32, size=128, repeats=2) > 0.1
 
 
 def test_merged_adapter_scores_as_the_unmerged_one(trained_run):
@@ -147,28 +148,29 @@ def test_bf16_base_keeps_lora_weights_in_fp32(tiny_model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("every_n_layers", [1, 2])
-def test_gradient_checkpointing_recomputes_the_same_dropout_masks(tiny_model_dir, tmp_path, every_n_layers):
+def test_gradient_checkpointing_recomputes_the_same_dropout_masks(tiny_model_dir, tmp_path, every_n_layers,
+                                                                  monkeypatch):
     """Checkpointing (the memory knob, training.gradient_checkpointing) reruns layers' forward in the backward
     pass, drawing LoRA's dropout masks again: the gradients must equal those of the run that kept its activations,
     which they only do if the recomputation draws the same masks."""
+    import framesft.cpu_lora as cpu_lora
     from conftest import tiny_config
-    from framesft.lora_dropout import MaskDropout
     from framesft.methods import build_method
     from framesft.modeling import load_tokenizer
     from framesft.training import lora_model
 
     ids = torch.randint(5, 200, (3, 40), generator=torch.Generator().manual_seed(0))
     gradients, mask_draws = {}, {}
+    draws = []
+    drawing = cpu_lora.keep_mask
+    monkeypatch.setattr(cpu_lora, "keep_mask", lambda *args: draws.append(1) or drawing(*args))
     for checkpointing in (False, True):
         config = tiny_config(tiny_model_dir, tmp_path / "run", gradient_checkpointing=checkpointing,
                              checkpoint_every_n_layers=every_n_layers, lora_dropout=0.3)
         method = build_method(config, load_tokenizer(tiny_model_dir, False), ["A", "B"])
         torch.manual_seed(0)
         model = lora_model(config, tiny_model_dir, method, ["A", "B"], torch.device("cpu")).train()
-        draws = []
-        for module in model.modules():
-            if isinstance(module, MaskDropout):
-                module.register_forward_hook(lambda *_: draws.append(1))
+        draws.clear()
         for name, parameter in sorted(model.named_parameters()):
             if "lora_B" in name:  # B starts at zero, which would leave A without a gradient
                 with torch.no_grad():
@@ -185,3 +187,66 @@ def test_gradient_checkpointing_recomputes_the_same_dropout_masks(tiny_model_dir
     for name, gradient in gradients[False].items():
         assert gradient.abs().sum() > 0, name
         torch.testing.assert_close(gradients[True][name], gradient, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def lora_layer(p: float, bias: bool):
+    """One PEFT LoRA layer (r 4, alpha 8) over a frozen nn.Linear, with B non-zero so A gets a gradient."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    base = torch.nn.Sequential()
+    base.add_module("proj", torch.nn.Linear(24, 40, bias=bias))
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=p, target_modules=["proj"]))
+    use_mask_dropout(model)
+    layer = model.base_model.model.proj
+    with torch.no_grad():
+        layer.lora_B["default"].weight.normal_()
+    return model, layer
+
+
+def forward_and_gradients(model, x: torch.Tensor, seed: int) -> tuple[torch.Tensor, dict]:
+    x = x.clone().requires_grad_()
+    torch.manual_seed(seed)
+    out = model(x)
+    (out * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
+    grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+    return out.detach(), {"x": x.grad, **grads}
+
+
+@pytest.mark.parametrize("p,bias", [(0.0, False), (0.3, False), (0.3, True)])
+def test_fused_lora_layer_computes_what_peft_computes(p, bias):
+    """Output and gradients (input, A, B) of the fused layer equal PEFT's forward with the same dropout mask."""
+    from framesft.cpu_lora import use_fused_lora
+
+    x = torch.randn(3, 7, 24, generator=torch.Generator().manual_seed(1))
+    model, layer = lora_layer(p, bias)
+    expected, expected_grads = forward_and_gradients(model, x, seed=5)
+    model.zero_grad()
+    assert use_fused_lora(model) == 1
+    fused, fused_grads = forward_and_gradients(model, x, seed=5)  # the same seed draws the same mask
+    torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-5)
+    assert fused_grads.keys() == expected_grads.keys() == {"x", "base_model.model.proj.lora_A.default.weight",
+                                                           "base_model.model.proj.lora_B.default.weight"}
+    for name, grad in expected_grads.items():
+        assert grad.abs().sum() > 0, name
+        torch.testing.assert_close(fused_grads[name], grad, rtol=1e-5, atol=1e-5, msg=name)
+    if p:  # the dropout did drop: another seed gives another output
+        assert not torch.allclose(forward_and_gradients(model, x, seed=6)[0], fused)
+
+
+def test_fused_lora_runs_only_in_training_and_leaves_the_rest_to_peft():
+    from framesft.cpu_lora import use_fused_lora
+
+    model, layer = lora_layer(0.3, False)
+    use_fused_lora(model)
+    x = torch.randn(5, 24)
+    assert type(model(x).grad_fn).__name__ == "_FusedLoraLinearBackward"
+    model.eval()  # scoring: PEFT's forward, no dropout
+    with torch.no_grad():
+        expected = layer.base_layer(x) + layer.lora_B["default"](layer.lora_A["default"](x)) * 2.0
+    torch.testing.assert_close(model(x), expected)
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision: PEFT's forward
+        assert type(model(x).grad_fn).__name__ != "_FusedLoraLinearBackward"
+    model.merge_adapter()  # merged weights: PEFT's forward
+    assert type(model(x).grad_fn).__name__ != "_FusedLoraLinearBackward"

@@ -39,7 +39,7 @@ from .evaluation import evaluate_texts, write_evaluation
 from .inference import Classifier, load_classifier, merged_for_scoring
 from .methods import Method, build_method
 from .metrics import classification_metrics, headline
-from .lora_dropout import use_mask_dropout
+from .cpu_lora import use_fused_lora, use_mask_dropout
 from .modeling import (attach_lora, check_process_count, cpu_precision_note, cpu_supports_bf16, load_base_model,
                        load_tokenizer, pick_dtype, process_state, resolve_model_path)
 from .run_report import render_report
@@ -151,8 +151,9 @@ def lora_model(config: FrameSFTConfig, model_path: str, method: Method, labels: 
     base = load_base_model(config, model_path, device, for_training=True, labels=labels,
                            pad_token_id=method.tokenizer.pad_token_id)
     model = attach_lora(base, config)
-    if device.type == "cpu":
-        use_mask_dropout(model)  # the stock dropout's random draws took a quarter of a CPU step (lora_dropout.py)
+    if device.type == "cpu":  # see cpu_lora.py: dropout's random draws and memory-bound passes dominate a CPU step
+        use_mask_dropout(model)
+        use_fused_lora(model)
     trainable, total = model.get_nb_trainable_parameters()
     log.info("LoRA: %s trainable of %s parameters (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
     return model
