@@ -10,20 +10,27 @@ lr 2e-4, the same number of optimizer steps:
              native bf16 (every frozen weight re-cast at every step), PEFT's stock dropout
 - after:     framesft's trainer now (training.lora_model, training.mixed_precision_bf16): base weights in bf16
              only where a matmul probe finds bf16 faster than fp32 (else fp32, no autocast), LoRA dropout masks
-             from 16-bit random lanes (lora_dropout.py)
+             from 16-bit random lanes and the fused LoRA layer (cpu_lora.py)
 - bf16_base: the bf16 path forced (model.dtype: bfloat16, autocast, LoRA fp32): what `auto` picks on AMX CPUs
 - trl:       SFTTrainer with its default collation (right padding, random batches), full LM head, fp32,
              loss on the completion tokens only
-and three ways to trade speed for memory with `after` (fp32 activations take more memory than the bf16 ones
-of `before`):
+and three ways to trade speed for memory with `after`:
 - checkpointing:         training.gradient_checkpointing: true (every decoder layer recomputed)
 - checkpointing_every_2: the same with training.checkpoint_every_n_layers: 2
 - malloc_mmap_8mb:       `after` under MALLOC_MMAP_THRESHOLD_=8388608 (glibc: blocks of 8 MB and more are
                          mapped and unmapped, so freed activations go back to the system instead of staying in
                          the heap; costs page faults)
-framesft's three use length-grouped batches, left padding and the LM head on the answer positions only. Each
-method runs in its own process (clean peak RSS). The roof (fp32 and bf16 matmul GFLOP/s) is measured at the
-start; the ceiling is roof / (4N) tokens/s (roofline.py). Writes benchmarks/results/training_throughput.json.
+framesft's methods use length-grouped batches, left padding and the LM head on the answer positions only. Each
+method runs in its own process through the Trainer, for --steps optimizer steps (`--methods` picks which besides
+before and after): its time includes the first steps' allocator growth, and its peak RSS is its own.
+
+Steady state, interleaved: this VM's speed drifts by 20-30% over minutes, so runs one after another compare
+badly. One more process holds before, after, after_unfused (after with PEFT's own LoRA forward: what the fused
+layer adds) and checkpointing_every_2 and runs one optimizer step of each in turn on the same batch, 2 warm-up
+rounds then --rounds counted ones; it reports each method's real tokens/s and the per-round ratios to before.
+
+The roof (fp32 and bf16 matmul GFLOP/s) is measured at the start and the end; the ceiling is roof / (4N)
+tokens/s (roofline.py). Writes benchmarks/results/training_throughput.json (--output to change).
 """
 
 from __future__ import annotations

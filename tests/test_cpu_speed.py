@@ -250,3 +250,6 @@ def test_fused_lora_runs_only_in_training_and_leaves_the_rest_to_peft():
         assert type(model(x).grad_fn).__name__ != "_FusedLoraLinearBackward"
     model.merge_adapter()  # merged weights: PEFT's forward
     assert type(model(x).grad_fn).__name__ != "_FusedLoraLinearBackward"
+    model.unmerge_adapter()
+    layer.base_layer.bias = torch.nn.Parameter(torch.zeros(40))  # a trained bias (PEFT's bias="all")
+    assert type(model(x).grad_fn).__name__ != "_FusedLoraLinearBackward"

@@ -133,7 +133,8 @@ def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         return type(self).forward(self, x, *args, **kwargs)
     name = adapters[0]
     base, lora_a, lora_b = self.base_layer, self.lora_A[name].weight, self.lora_B[name].weight
-    if base.weight.requires_grad or x.dtype != base.weight.dtype or lora_a.dtype != x.dtype:
+    trains_a_bias = self.lora_B[name].bias is not None or (base.bias is not None and base.bias.requires_grad)
+    if base.weight.requires_grad or trains_a_bias or x.dtype != base.weight.dtype or lora_a.dtype != x.dtype:
         return type(self).forward(self, x, *args, **kwargs)
     dropout = self.lora_dropout[name]
     p = dropout.p if isinstance(dropout, (nn.Dropout, MaskDropout)) else 0.0
