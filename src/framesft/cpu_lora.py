@@ -10,7 +10,7 @@ probability p (rounded to a multiple of 2^-16) and the kept ones are scaled by 1
 expected output is unchanged.
 
 On this machine a training step's elementwise work is bound by memory bandwidth (about 10 GB/s), so passes over
-activation-sized tensors cost as much as matmuls. `_FusedLoraLinear` computes a LoRA layer with four such passes
+activation-sized tensors cost as much as matmuls. `_FusedLoraLinear` computes a LoRA layer with five such passes
 fewer than PEFT's module-by-module forward and backward, and saves less for the backward pass.
 `benchmarks/training_throughput.py` measures both.
 """
@@ -86,11 +86,12 @@ def use_mask_dropout(model) -> int:
 class _FusedLoraLinear(torch.autograd.Function):
     """y = x W^T + b + s * (dropout(x) A^T) B^T as one operation, for a frozen W and b.
 
-    Against PEFT's module-by-module path it saves four passes over activation-sized tensors per layer and step
-    (the dropout's rescaling and the LoRA scaling fold into the small rank-r products, the LoRA sum into the
-    base matmul via addmm, forward and backward), and it keeps the layer's input x plus a one-byte mask for the
-    backward pass instead of a float copy of the dropped input: q, k and v (and gate and up) read the same x, so
-    one saved tensor serves three (two) adapters.
+    Against PEFT's module-by-module path it saves five passes over activation-sized tensors per layer and step
+    (the dropout's rescaling and the LoRA scaling fold into the small rank-r products and the LoRA sum into the
+    base matmul via addmm, forward and backward: six, less the one that rebuilds the dropped input for A's
+    gradient), and it keeps the layer's input x plus a one-byte mask for the backward pass instead of a float copy
+    of the dropped input: q, k and v (and gate and up) read the same x, so one saved tensor serves three (two)
+    adapters.
     """
 
     @staticmethod
