@@ -1,10 +1,11 @@
 """Where CPU time goes: torch profiler breakdowns of label scoring (fp32 vs bf16 weights) and of a LoRA training
-step (PEFT's stock dropout vs cpu_lora.MaskDropout), on real passages, in one run.
+step (PEFT's stock LoRA layer vs framesft's CPU default: cpu_lora.SparseDropout and the fused LoRA layer), on
+real passages, in one run.
 
     .venv/bin/python benchmarks/cpu_profile.py
 
 Scoring: each embedded model (fresh LoRA adapter merged in), --score-passages dev passages, weights in fp32 and
-in bf16. Training: SmolLM2-135M-Instruct, LoRA r16 on all projections, fp32, batch 8 of train_data.csv,
+in bf16. Training: each embedded model, LoRA r16 on all projections, fp32, batch 8 of train_data.csv,
 --train-steps optimizer steps (answer-only loss, AdamW). For each profile: total seconds and the operators with
 the most self time (percent of the total). The matmul roof is measured first, as in the other benchmarks.
 Writes benchmarks/results/cpu_profile.json.
@@ -74,7 +75,7 @@ def scoring_profiles(base_model: str, passages: int) -> dict:
 
 
 def training_profiles(base_model: str, steps: int) -> dict:
-    from framesft.cpu_lora import use_mask_dropout
+    from framesft.cpu_lora import use_fused_lora, use_sparse_dropout
     from framesft.methods.sft import AnswerOnlyCollator, answer_only_loss
     from framesft.modeling import attach_lora, load_base_model, load_tokenizer, resolve_model_path
     from framesft.prompting import PromptBuilder
@@ -91,11 +92,12 @@ def training_profiles(base_model: str, steps: int) -> dict:
                for i in range(0, len(examples), 8)]
     warm_up, batches = batches[:1], batches[1:]
     result = {}
-    for variant in ("stock_dropout", "mask_dropout"):
+    for variant in ("stock_peft", "framesft_default"):
         torch.manual_seed(0)
         model = attach_lora(load_base_model(config, path, torch.device("cpu"), for_training=True), config)
-        if variant == "mask_dropout":
-            use_mask_dropout(model)
+        if variant == "framesft_default":  # what training.lora_model does on CPU
+            use_sparse_dropout(model)
+            use_fused_lora(model)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
         model.train()
 
@@ -119,7 +121,7 @@ def main() -> None:
     args = parser.parse_args()
     report = {"benchmark": "CPU profile of scoring and training", "roof": measure_roof(),
               "scoring": {m: scoring_profiles(m, args.score_passages) for m in MODELS},
-              "training": {MODELS[0]: training_profiles(MODELS[0], args.train_steps)}}
+              "training": {m: training_profiles(m, args.train_steps) for m in MODELS}}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=1)[:6000])

@@ -231,7 +231,9 @@ def main() -> None:
     parser.add_argument("--micro-batches", type=int, nargs="+", default=[4, 8, 16, 32])
     parser.add_argument("--attention", nargs="+", default=["sdpa", "eager"])
     parser.add_argument("--skip-qlora", action="store_true")
-    parser.add_argument("--only-qlora", action="store_true", help="QLoRA rows only, checkpointing on (24 GB GPUs)")
+    parser.add_argument("--only-qlora", action="store_true", help="QLoRA rows only (24 GB GPUs)")
+    parser.add_argument("--qlora-checkpointing", choices=["on", "off"], default="on",
+                        help="gradient checkpointing for --only-qlora (default: on)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/framesft-gpu-efficiency"))
     args = parser.parse_args()
     import pandas as pd
@@ -249,8 +251,10 @@ def main() -> None:
 
     if args.only_qlora:
         n = non_embedding_parameters(build_model(shape, vocab, torch.device("meta")))
-        report["qlora_gradient_checkpointing"] = qlora(shape, vocab, args.work, args.micro_batches, True, n, ceiling,
-                                                       effective, length, device)
+        checkpointing = args.qlora_checkpointing == "on"
+        key = "qlora_gradient_checkpointing" if checkpointing else "qlora_without_checkpointing"
+        report[key] = qlora(shape, vocab, args.work, args.micro_batches, checkpointing, n, ceiling, effective, length,
+                            device)
         save(report, args.output)
         return
     model = build_model(shape, vocab, device)

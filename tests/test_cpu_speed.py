@@ -1,7 +1,7 @@
-"""CPU speed work (issue 13): LoRA's cheaper dropout mask and fused layer, the measured bf16-or-fp32 choice,
+"""CPU speed work (issue 13): LoRA's cheaper dropout and fused layer, the measured bf16-or-fp32 choice,
 merged adapters.
 
-The dropout tests check the mask against the distribution it must have (independent Bernoulli drops with
+The dropout tests check the drops against the distribution they must have (independent Bernoulli drops with
 probability p), not against itself."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from framesft.cpu_lora import MaskDropout, keep_mask, use_mask_dropout
+from framesft.cpu_lora import SparseDropout, dropped_positions, use_sparse_dropout
 
 from conftest import SAMPLE_DATA
 
@@ -21,34 +21,46 @@ def binomial_z(successes: int, trials: int, p: float) -> float:
     return (successes - trials * p) / math.sqrt(trials * p * (1 - p))
 
 
+def drop_mask(count: int, p: float, batch: int | None = None) -> torch.Tensor:
+    positions = dropped_positions(count, p, batch)
+    assert positions.dtype == torch.int64 and bool((positions[1:] > positions[:-1]).all())  # sorted, distinct
+    assert len(positions) == 0 or (positions[0] >= 0 and positions[-1] < count)
+    mask = torch.zeros(count, dtype=torch.bool)
+    mask[positions] = True
+    return mask
+
+
 @pytest.mark.parametrize("p", [0.05, 0.1, 0.5])
-def test_mask_drops_each_element_with_probability_p(p):
+def test_dropout_drops_each_element_with_probability_p(p):
     torch.manual_seed(0)
-    keep = keep_mask(torch.Size([1000, 4001]), p)  # an odd size: the last 64-bit draw is only partly used
-    dropped = int((~keep).sum())
-    assert keep.shape == (1000, 4001) and keep.dtype == torch.bool
-    assert abs(binomial_z(dropped, keep.numel(), p)) < 4.5
+    dropped = drop_mask(4_001_000, p)
+    assert abs(binomial_z(int(dropped.sum()), len(dropped), p)) < 4.5
 
 
-def test_mask_elements_are_independent_including_the_four_lanes_of_one_draw():
-    """Pairs of neighbours (which share a 64-bit draw) and each lane position are dropped at p and p^2."""
+@pytest.mark.parametrize("few_gaps_at_a_time", [False, True])  # many batches, each starting where the last ended
+def test_dropped_elements_are_independent_of_their_neighbours_and_of_their_place(few_gaps_at_a_time):
+    """Neighbours at distances 1, 2 and 7 are dropped together at p^2; each of 8 places in a short tensor is
+    dropped at p, whatever the batch of gaps it came from; the gaps between drops are geometric."""
+    from scipy.stats import chisquare
+
     torch.manual_seed(1)
     p = 0.2
-    drop = ~keep_mask(torch.Size([4_000_000]), p)
-    lanes = drop.view(-1, 4)  # the four 16-bit lanes of each draw
-    n = lanes.shape[0]
-    for lane in range(4):
-        assert abs(binomial_z(int(lanes[:, lane].sum()), n, p)) < 4.5
-    for a, b in [(0, 1), (1, 2), (2, 3), (0, 3)]:
-        both = int((lanes[:, a] & lanes[:, b]).sum())
-        assert abs(binomial_z(both, n, p * p)) < 4.5
-    across = int((drop[:-4] & drop[4:]).sum())  # the same lane of consecutive draws
-    assert abs(binomial_z(across, len(drop) - 4, p * p)) < 4.5
+    drop = drop_mask(2_000_000, p, 1000 if few_gaps_at_a_time else None)
+    for distance in (1, 2, 7):
+        both = int((drop[:-distance] & drop[distance:]).sum())
+        assert abs(binomial_z(both, len(drop) - distance, p * p)) < 4.5
+    gaps = torch.diff(torch.nonzero(drop).flatten())
+    observed = torch.bincount(gaps.clamp(max=12))[1:].numpy()  # gaps 1..11, and 12 or more
+    expected = np.array([p * (1 - p) ** (k - 1) for k in range(1, 12)] + [(1 - p) ** 11]) * len(gaps)
+    assert chisquare(observed, expected).pvalue > 1e-4
+    places = torch.stack([drop_mask(8, p, 3 if few_gaps_at_a_time else None) for _ in range(20_000)])
+    for place in range(8):
+        assert abs(binomial_z(int(places[:, place].sum()), 20_000, p)) < 4.5
 
 
-def test_mask_dropout_keeps_the_expected_value_and_its_gradient_uses_the_same_mask():
+def test_sparse_dropout_keeps_the_expected_value_and_its_gradient_drops_the_same_elements():
     torch.manual_seed(2)
-    dropout = MaskDropout(0.1).train()
+    dropout = SparseDropout(0.1).train()
     x = torch.full((2000, 500), 3.0, requires_grad=True)
     y = dropout(x)
     kept = y != 0
@@ -58,10 +70,12 @@ def test_mask_dropout_keeps_the_expected_value_and_its_gradient_uses_the_same_ma
     y.sum().backward()
     assert torch.equal(x.grad != 0, kept)
     assert torch.allclose(x.grad[kept], torch.tensor(1 / 0.9))
+    transposed = x.detach().t()  # a non-contiguous input: drops by position in its own shape
+    assert dropout(transposed).shape == (500, 2000)
 
 
-def test_mask_dropout_is_the_identity_in_eval_mode_and_repeats_under_a_seed():
-    dropout = MaskDropout(0.3)
+def test_sparse_dropout_is_the_identity_in_eval_mode_and_repeats_under_a_seed():
+    dropout = SparseDropout(0.3)
     x = torch.randn(64, 32)
     assert dropout.eval()(x) is x
     dropout.train()
@@ -71,7 +85,7 @@ def test_mask_dropout_is_the_identity_in_eval_mode_and_repeats_under_a_seed():
     assert torch.equal(first, dropout(x))
     assert not torch.equal(first, dropout(x))
     with pytest.raises(ValueError):
-        MaskDropout(1.0)
+        SparseDropout(1.0)
 
 
 def test_every_lora_dropout_is_replaced(tiny_model_dir, tmp_path):
@@ -81,7 +95,7 @@ def test_every_lora_dropout_is_replaced(tiny_model_dir, tmp_path):
     config = tiny_config(tiny_model_dir, tmp_path / "run")
     model = attach_lora(load_base_model(config, tiny_model_dir, torch.device("cpu"), for_training=True), config)
     layers = model.get_base_model().config.num_hidden_layers
-    assert use_mask_dropout(model) == layers * len(config.training.lora_target_modules)
+    assert use_sparse_dropout(model) == layers * len(config.training.lora_target_modules)
     assert not any(isinstance(m, torch.nn.Dropout) for name, m in model.named_modules() if "lora_dropout" in name)
 
 
@@ -162,8 +176,8 @@ def test_gradient_checkpointing_recomputes_the_same_dropout_masks(tiny_model_dir
     ids = torch.randint(5, 200, (3, 40), generator=torch.Generator().manual_seed(0))
     gradients, mask_draws = {}, {}
     draws = []
-    drawing = cpu_lora.keep_mask
-    monkeypatch.setattr(cpu_lora, "keep_mask", lambda *args: draws.append(1) or drawing(*args))
+    drawing = cpu_lora.dropped_positions
+    monkeypatch.setattr(cpu_lora, "dropped_positions", lambda *args: draws.append(1) or drawing(*args))
     for checkpointing in (False, True):
         config = tiny_config(tiny_model_dir, tmp_path / "run", gradient_checkpointing=checkpointing,
                              checkpoint_every_n_layers=every_n_layers, lora_dropout=0.3)
@@ -197,7 +211,7 @@ def lora_layer(p: float, bias: bool):
     base = torch.nn.Sequential()
     base.add_module("proj", torch.nn.Linear(24, 40, bias=bias))
     model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=p, target_modules=["proj"]))
-    use_mask_dropout(model)
+    use_sparse_dropout(model)
     layer = model.base_model.model.proj
     with torch.no_grad():
         layer.lora_B["default"].weight.normal_()
@@ -205,10 +219,12 @@ def lora_layer(p: float, bias: bool):
 
 
 def forward_and_gradients(model, x: torch.Tensor, seed: int) -> tuple[torch.Tensor, dict]:
+    original = x.clone()
     x = x.clone().requires_grad_()
     torch.manual_seed(seed)
     out = model(x)
     (out * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
+    assert torch.equal(x.detach(), original)  # the fused layer zeroes dropped inputs in place only for a moment
     grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
     return out.detach(), {"x": x.grad, **grads}
 

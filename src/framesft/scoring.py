@@ -5,7 +5,7 @@ probability per label (the softmax over label scores).
 
 Cost is about one forward pass over the prompt:
 1. the prompts of a batch run once, with the output projection computed at the last position only
-   (`logits_to_keep=1`); this gives each label's first-token log-probability;
+   (`logits_to_keep`); this gives each label's first-token log-probability;
 2. the remaining tokens of every label (all but the final end-of-answer token, which is only predicted) run
    as one short continuation on top of that pass's key/value cache, with a block-causal attention mask so
    that each label's tokens see the prompt and their own label only (about 2 tokens per label).
@@ -90,6 +90,18 @@ def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def last_positions(ids: torch.Tensor, count: int) -> torch.Tensor:
+    """`logits_to_keep` for the last `count` positions of a batch, given as positions rather than as the count.
+
+    With the count, transformers slices a strided view of the hidden states, and torch multiplies such a 3-d
+    input by the LM head one batch row at a time (bmm), reading the whole vocabulary matrix once per row; the
+    positions gather a contiguous copy first and the head runs as one matmul. On CPU with Gemma's 262k-token
+    vocabulary the head then costs 0.18 s instead of 0.82 s per training step (batch 8, forward and backward) and
+    0.06 s instead of 0.38 s per scoring batch of 16 (benchmarks/work probes, 2 cores)."""
+    length = ids.shape[-1]
+    return torch.arange(length - count, length, device=ids.device)
+
+
 class LabelScorer:
     def __init__(
         self,
@@ -144,7 +156,7 @@ class LabelScorer:
             attention_mask=mask,
             position_ids=positions_from_mask(mask),
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=last_positions(ids, 1),
         )
         first_logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
         first_tokens = torch.tensor([seq[0] for seq in self.label_ids], device=device)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..prompting import IGNORE_INDEX, PromptBuilder
-from ..scoring import LabelScorer, pad_batch, positions_from_mask
+from ..scoring import LabelScorer, last_positions, pad_batch, positions_from_mask
 from . import Method
 
 
@@ -86,7 +86,7 @@ def answer_only_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
         position_ids=batch["position_ids"],
-        logits_to_keep=answer_width + 1,
+        logits_to_keep=last_positions(batch["input_ids"], answer_width + 1),
         use_cache=False,
     )
     logits = outputs.logits[:, :-1].float()  # position t predicts token t+1
