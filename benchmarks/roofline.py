@@ -15,11 +15,15 @@ from __future__ import annotations
 import torch
 
 
-def measure_roof(size: int = 2048, repeats: int = 5) -> dict:
+def measure_roof(size: int = 2048, repeats: int = 5, rounds: int = 3) -> dict:
+    """The best of `rounds` measurements per dtype, taken in turns: this VM's speed dips for seconds at a time,
+    and a roof measured in a dip would inflate every share computed against it."""
     from framesft.modeling import measure_matmul_gflops
 
-    fp32 = measure_matmul_gflops(torch.float32, size, repeats)
-    bf16 = measure_matmul_gflops(torch.bfloat16, size, repeats)
+    fp32 = bf16 = 0.0
+    for _ in range(rounds):
+        fp32 = max(fp32, measure_matmul_gflops(torch.float32, size, repeats))
+        bf16 = max(bf16, measure_matmul_gflops(torch.bfloat16, size, repeats))
     return {"matmul_size": size, "fp32_gflops": round(fp32, 1), "bf16_gflops": round(bf16, 1),
             "best_gflops": round(max(fp32, bf16), 1), "best_dtype": "bf16" if bf16 > fp32 else "fp32"}
 
