@@ -3,9 +3,10 @@
     .venv/bin/python benchmarks/lm_head_ablation.py --batches 3
 
 Same real batches (8 prompts of train_data.csv with their answers, left-padded as our collator does), same
-LoRA model, bf16 autocast where the CPU has it: one forward + backward with our answer-only loss (hidden
-states projected onto the vocabulary at the last K+1 positions only) against the usual loss (logits at every
-position, cross-entropy on the answer tokens), alternating batch by batch so drift hits both alike; and the
+LoRA model, bf16 autocast only where framesft would train under it on this CPU: one forward + backward with our
+answer-only loss (hidden states projected onto the vocabulary at the last K+1 positions only) against the usual
+loss (logits at every position, cross-entropy on the answer tokens), alternating batch by batch so drift hits
+both alike; and the
 answer-only loss as it was first written, asking for the last K+1 logits by their count (`logits_to_keep=K+1`,
 a strided slice, which torch multiplies by the head one batch row at a time) instead of by their positions.
 The issue's estimate: the projection is ~1/5 of SmolLM2-135M's per-token cost (49k vocabulary) and over
