@@ -9,8 +9,9 @@ lr 2e-4, the same number of optimizer steps:
 - before:    framesft's trainer as it ran before issue 13: fp32 weights under bf16 autocast where the CPU has
              native bf16 (every frozen weight re-cast at every step), PEFT's stock dropout
 - after:     framesft's trainer now (training.lora_model, training.mixed_precision_bf16): base weights in bf16
-             only where a matmul probe finds bf16 faster than fp32 (else fp32, no autocast), LoRA dropout masks
-             from 16-bit random lanes and the fused LoRA layer (cpu_lora.py)
+             only where a matmul probe finds bf16 faster than fp32 (else fp32, no autocast), dropout that draws
+             only the dropped positions, the fused LoRA layer (cpu_lora.py), fused RMSNorm and rotary
+             embedding (cpu_fused.py)
 - bf16_base: the bf16 path forced (model.dtype: bfloat16, autocast, LoRA fp32): what `auto` picks on AMX CPUs
 - trl:       SFTTrainer with its default collation (right padding, random batches), full LM head, fp32,
              loss on the completion tokens only
@@ -26,8 +27,9 @@ before and after): its time includes the first steps' allocator growth, and its 
 
 Steady state, interleaved: this VM's speed drifts by 20-30% over minutes, so runs one after another compare
 badly. One more process holds before, after, after_unfused (after with PEFT's own LoRA forward: what the fused
-layer adds) and checkpointing_every_2 and runs one optimizer step of each in turn on the same batch, 2 warm-up
-rounds then --rounds counted ones; it reports each method's real tokens/s and the per-round ratios to before.
+layer adds), after_stock_norms (after with transformers' RMSNorm and rotary embedding: what cpu_fused.py adds)
+and checkpointing_every_2 and runs one optimizer step of each in turn on the same batch, 2 warm-up rounds then
+--rounds counted ones; it reports each method's real tokens/s and the per-round ratios to before.
 
 The roof (fp32 and bf16 matmul GFLOP/s) is measured at the start and the end; the ceiling is roof / (4N)
 tokens/s (roofline.py) with the higher of the two roofs. Writes benchmarks/results/training_throughput.json
@@ -43,6 +45,7 @@ import resource
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from roofline import ceilings, measure_roof, non_embedding_parameters, share
@@ -55,7 +58,7 @@ LABELS = ["Conflict", "Moral Value", "Economic", "Powerlessness", "Human Impact"
 
 MODELS = ["embedded:smollm2-135m-instruct", "embedded:gemma3-270m"]
 METHODS = ["before", "after", "bf16_base", "trl", "checkpointing", "checkpointing_every_2", "malloc_mmap_8mb"]
-INTERLEAVED = ["before", "after", "after_unfused", "checkpointing_every_2"]
+INTERLEAVED = ["before", "after", "after_unfused", "after_stock_norms", "checkpointing_every_2"]
 # framesft training settings and the environment of each method's process, where they differ from `after`
 TRAINING = {"checkpointing": {"gradient_checkpointing": True},
             "checkpointing_every_2": {"gradient_checkpointing": True, "checkpoint_every_n_layers": 2}}
@@ -122,6 +125,10 @@ def framesft_setup(method: str, n: int, base_model: str):
             for module in model.modules():
                 if isinstance(module, LoraLinear):
                     module.__dict__.pop("forward")
+        if method == "after_stock_norms":  # transformers' RMSNorm (the rotary: see stock_rotary)
+            for module in model.modules():
+                if "fused_norm_offset" in module.__dict__:
+                    del module.forward
         bf16 = mixed_precision_bf16(config, cpu)
     return model, method_, bf16, tokenizer, examples
 
@@ -142,6 +149,22 @@ def run_framesft(method: str, steps: int, n: int, base_model: str, out: Path) ->
     result = timed_train(trainer, counter, bf16)
     result["base_weights_dtype"] = str(next(p for n_, p in model.named_parameters() if "lora_" not in n_).dtype)
     return result
+
+
+@contextmanager
+def stock_rotary(model, stock: bool):
+    """transformers' own apply_rotary_pos_emb for the duration, where `stock`: cpu_fused replaces it module-wide,
+    so the methods of one process share it."""
+    modules = [sys.modules[name] for name in {type(m).__module__ for m in model.modules()}
+               if hasattr(getattr(sys.modules[name], "apply_rotary_pos_emb", None), "fused_original")] if stock else []
+    fused = [module.apply_rotary_pos_emb for module in modules]
+    for module, function in zip(modules, fused):
+        module.apply_rotary_pos_emb = function.fused_original
+    try:
+        yield
+    finally:
+        for module, function in zip(modules, fused):
+            module.apply_rotary_pos_emb = function
 
 
 def run_interleaved(methods: list[str], rounds: int, warmup: int, n: int, base_model: str) -> dict:
@@ -175,7 +198,8 @@ def run_interleaved(methods: list[str], rounds: int, warmup: int, n: int, base_m
             model.train()
             torch.manual_seed(round_)
             start = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), \
+                    stock_rotary(model, stock=m in ("before", "after_stock_norms")):
                 loss = method_.loss(model, batch)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
@@ -326,6 +350,8 @@ def main() -> None:
                 "steady_state_after_over_before": round(steady_speed["after"] / steady_speed["before"], 2),
                 "steady_state_after_unfused_over_before": round(steady_speed["after_unfused"]
                                                                 / steady_speed["before"], 2),
+                "steady_state_after_stock_norms_over_before": round(steady_speed["after_stock_norms"]
+                                                                    / steady_speed["before"], 2),
                 "steady_state_checkpointing_every_2_over_before": round(steady_speed["checkpointing_every_2"]
                                                                         / steady_speed["before"], 2),
                 "after_over_before_real_tokens_per_second": round(speed("after") / speed("before"), 2),

@@ -39,6 +39,7 @@ from .evaluation import evaluate_texts, write_evaluation
 from .inference import Classifier, load_classifier, merged_for_scoring
 from .methods import Method, build_method
 from .metrics import classification_metrics, headline
+from .cpu_fused import use_fused_norms, use_fused_rotary
 from .cpu_lora import use_fused_lora, use_sparse_dropout
 from .modeling import (attach_lora, check_process_count, cpu_precision_note, cpu_supports_bf16, load_base_model,
                        load_tokenizer, pick_dtype, process_state, resolve_model_path)
@@ -151,9 +152,11 @@ def lora_model(config: FrameSFTConfig, model_path: str, method: Method, labels: 
     base = load_base_model(config, model_path, device, for_training=True, labels=labels,
                            pad_token_id=method.tokenizer.pad_token_id)
     model = attach_lora(base, config)
-    if device.type == "cpu":  # see cpu_lora.py: dropout's random draws and memory-bound passes dominate a CPU step
+    if device.type == "cpu":  # cpu_lora.py, cpu_fused.py: dropout's draws and memory-bound passes dominate a step
         use_sparse_dropout(model)
         use_fused_lora(model)
+        use_fused_norms(model)
+        use_fused_rotary(model)
     trainable, total = model.get_nb_trainable_parameters()
     log.info("LoRA: %s trainable of %s parameters (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
     return model

@@ -1,0 +1,170 @@
+"""RMSNorm and rotary position embedding for training on CPU, each as one operation with its own backward pass.
+
+A CPU training step's elementwise work is bound by memory bandwidth (see cpu_lora.py), and transformers writes
+both of these as chains of small tensor operations that autograd records one by one. Gemma's RMSNorm
+(`x * rsqrt(mean(x^2) + eps) * (1 + w)`) makes about four passes over the activation forward and eight backward,
+and Gemma 3 has six per layer (four on the residual stream, one each on the queries and keys). The rotary
+embedding (`q * cos + rotate_half(q) * sin`, with `rotate_half` a concatenation of a negated copy) makes five
+forward and four backward. Written out by hand they take two forward and three or four backward; with the
+frozen norm weights of LoRA training no weight gradient is needed. `benchmarks/training_throughput.py` measures
+the whole step.
+
+Both replacements are checked against the model's own code on a random input before they are installed, and
+they only run where the original would compute the same thing: float32 tensors on CPU, gradients enabled,
+autocast off, a frozen norm weight. Anything else (scoring, bf16, GPUs, a model whose norm or rotary differs)
+runs transformers' code unchanged.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+
+class _RMSNorm(torch.autograd.Function):
+    """y = x / rms(x) * scale over the last dimension, for a constant `scale` (the frozen weight, plus 1 for
+    Gemma). Backward: dx = rstd * (g*scale - x * rstd^2 * mean(g*scale * x)), in four passes."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
+        # vector_norm reads x once without writing x^2; rstd is one number per row
+        rstd = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(eps).rsqrt_()
+        ctx.save_for_backward(x, scale, rstd)
+        return torch.mul(x, scale).mul_(rstd)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, scale, rstd = ctx.saved_tensors
+        grad_scaled = torch.mul(grad, scale)
+        coefficient = torch.linalg.vecdot(grad_scaled, x, dim=-1).unsqueeze(-1).mul_(rstd.pow(3)).div_(-x.shape[-1])
+        return grad_scaled.mul_(rstd).addcmul_(x, coefficient), None, None
+
+
+def _norm_eps(module: nn.Module) -> float | None:
+    eps = getattr(module, "eps", getattr(module, "variance_epsilon", None))
+    return float(eps) if isinstance(eps, (int, float)) else None
+
+
+def _fusable(*tensors: torch.Tensor) -> bool:
+    """Where the fused operations apply: float32 CPU tensors in a pass that records gradients, without autocast."""
+    return (torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+            and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors))
+
+
+def _fused_norm_forward(self, x: torch.Tensor) -> torch.Tensor:
+    weight = self.weight
+    if weight.requires_grad or not _fusable(x, weight):
+        return type(self).forward(self, x)
+    return _RMSNorm.apply(x, weight + self.fused_norm_offset if self.fused_norm_offset else weight, self.fused_norm_eps)
+
+
+def _norm_offset(module: nn.Module, eps: float) -> float | None:
+    """0 (Llama: x / rms * w) or 1 (Gemma: x / rms * (1 + w)), whichever reproduces the module's own forward on a
+    random input; None if neither does (a norm written differently is left alone)."""
+    probe = torch.randn(3, module.weight.shape[0], dtype=torch.float32)
+    with torch.no_grad():
+        expected = type(module).forward(module, probe)
+        for offset in (0.0, 1.0):
+            weight = module.weight.float()
+            if torch.allclose(_RMSNorm.apply(probe, weight + offset, eps), expected, rtol=1e-4, atol=1e-5):
+                return offset
+    return None
+
+
+def use_fused_norms(model: nn.Module) -> int:
+    """Route every RMSNorm of the model whose forward the fused one reproduces through _RMSNorm (in training, on
+    CPU, in float32; see the module docstring). Returns how many."""
+    fused = 0
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if not type(module).__name__.endswith("RMSNorm") or not isinstance(weight, torch.Tensor) or weight.dim() != 1:
+            continue
+        eps = _norm_eps(module)
+        offset = None if eps is None or weight.device.type != "cpu" else _norm_offset(module, eps)
+        if offset is None:
+            continue
+        module.fused_norm_offset, module.fused_norm_eps = offset, eps
+        module.forward = _fused_norm_forward.__get__(module)
+        fused += 1
+    return fused
+
+
+class _Rotary(torch.autograd.Function):
+    """x * cos + rotate_half(x) * sin, with rotate_half(x) = (-x2, x1) for the two halves of the last dimension."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        out = torch.mul(x, cos)
+        out[..., :half].addcmul_(x[..., half:], sin[..., :half], value=-1)
+        out[..., half:].addcmul_(x[..., :half], sin[..., half:])
+        ctx.save_for_backward(cos, sin)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        cos, sin = ctx.saved_tensors
+        half = grad.shape[-1] // 2
+        grad_x = torch.mul(grad, cos)  # the transpose of rotate_half is (y2, -y1)
+        grad_x[..., :half].addcmul_(grad[..., half:], sin[..., half:])
+        grad_x[..., half:].addcmul_(grad[..., :half], sin[..., :half], value=-1)
+        return grad_x, None, None
+
+
+def _fused_rotary(original: Callable) -> Callable:
+    """A stand-in for a modeling module's apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1) that uses _Rotary
+    where it applies and calls `original` otherwise."""
+
+    def apply_rotary_pos_emb(q, k, cos, sin, *args, **kwargs):
+        unsqueeze_dim = kwargs.pop("unsqueeze_dim", args[0] if len(args) == 1 else 1)
+        if (len(args) > 1 or kwargs or cos.requires_grad or sin.requires_grad or not _fusable(q, k, cos, sin)
+                or cos.dim() + 1 != q.dim() or not q.shape[-1] == k.shape[-1] == cos.shape[-1] == sin.shape[-1]
+                or q.shape[-1] % 2):
+            return original(q, k, cos, sin, *args, **kwargs)
+        cos, sin = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)
+        return _Rotary.apply(q, cos, sin), _Rotary.apply(k, cos, sin)
+
+    apply_rotary_pos_emb.fused_original = original
+    return apply_rotary_pos_emb
+
+
+def _rotary_matches(original: Callable, fused: Callable) -> bool:
+    q, k = torch.randn(2, 3, 5, 8, requires_grad=True), torch.randn(2, 1, 5, 8, requires_grad=True)
+    angles = torch.randn(2, 5, 4)
+    cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+    weights = torch.randn(2, 3, 5, 8), torch.randn(2, 1, 5, 8)
+
+    def outputs_and_gradients(function):
+        q.grad = k.grad = None
+        outputs = function(q, k, cos, sin)
+        sum((out * weight).sum() for out, weight in zip(outputs, weights)).backward()
+        return *outputs, q.grad, k.grad
+
+    try:
+        expected, got = outputs_and_gradients(original), outputs_and_gradients(fused)
+    except (TypeError, RuntimeError, ValueError):
+        return False
+    return all(torch.allclose(e, g, rtol=1e-5, atol=1e-6) for e, g in zip(expected, got))
+
+
+def use_fused_rotary(model: nn.Module) -> int:
+    """Replace `apply_rotary_pos_emb` in the transformers modeling modules the model's layers come from, where the
+    fused one reproduces it (in training, on CPU, in float32; see the module docstring). It is module-wide, so
+    other models of the same family in this process get it too: outside training they run the original, and in
+    training the same computation. Returns how many modeling modules were changed."""
+    replaced = 0
+    for name in sorted({type(module).__module__ for module in model.modules()}):
+        modeling = sys.modules.get(name)
+        original = getattr(modeling, "apply_rotary_pos_emb", None)
+        if not name.startswith("transformers.models.") or not callable(original):
+            continue
+        if hasattr(original, "fused_original"):
+            continue  # already replaced, by an earlier model of this family
+        fused = _fused_rotary(original)
+        if _rotary_matches(original, fused):
+            modeling.apply_rotary_pos_emb = fused
+            replaced += 1
+    return replaced

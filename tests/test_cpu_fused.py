@@ -1,0 +1,186 @@
+"""The fused RMSNorm and rotary embedding of CPU training (cpu_fused.py): their gradients against finite
+differences, their results against transformers' own code, and where they must step aside."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+import torch
+from transformers.models.gemma3.modeling_gemma3 import Gemma3RMSNorm
+from transformers.models.llama import modeling_llama
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+from framesft import cpu_fused
+from framesft.cpu_fused import use_fused_norms, use_fused_rotary
+
+
+def test_fused_norm_gradient_matches_finite_differences():
+    x = torch.randn(3, 4, 6, dtype=torch.float64, requires_grad=True)
+    scale = torch.randn(6, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda x: cpu_fused._RMSNorm.apply(x, scale, 1e-6), (x,))
+
+
+def test_fused_rotary_gradient_matches_finite_differences():
+    x = torch.randn(2, 3, 5, 8, dtype=torch.float64, requires_grad=True)
+    angles = torch.randn(2, 1, 5, 4, dtype=torch.float64)
+    cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+    assert torch.autograd.gradcheck(lambda x: cpu_fused._Rotary.apply(x, cos, sin), (x,))
+
+
+def output_and_input_gradient(module: torch.nn.Module, x: torch.Tensor):
+    x = x.clone().requires_grad_()
+    out = module(x)
+    (out * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
+    return out.detach(), x.grad, type(out.grad_fn).__name__
+
+
+@pytest.mark.parametrize("norm_class", [LlamaRMSNorm, Gemma3RMSNorm])  # x/rms * w and x/rms * (1 + w)
+def test_fused_norms_compute_what_transformers_computes(norm_class):
+    norm = norm_class(16, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.normal_()
+    norm.weight.requires_grad_(False)  # LoRA training: frozen
+    x = 3 * torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(0))
+    expected, expected_grad, stock_backward = output_and_input_gradient(norm, x)
+    assert use_fused_norms(torch.nn.Sequential(norm)) == 1
+    assert norm.fused_norm_offset == (1.0 if norm_class is Gemma3RMSNorm else 0.0)
+    out, grad, fused_backward = output_and_input_gradient(norm, x)
+    assert (stock_backward, fused_backward) != ("_RMSNormBackward",) * 2 and fused_backward == "_RMSNormBackward"
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-6)
+
+
+class MeanAbsRMSNorm(torch.nn.Module):
+    """Named like an RMSNorm, computes something else: must be left alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(8))
+        self.eps = 1e-6
+
+    def forward(self, x):
+        return x / (x.abs().mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def test_fused_norms_run_only_where_they_compute_the_same(monkeypatch):
+    norm = Gemma3RMSNorm(8).requires_grad_(False)
+    odd = MeanAbsRMSNorm().requires_grad_(False)
+    assert use_fused_norms(torch.nn.Sequential(norm, odd)) == 1 and "forward" not in odd.__dict__
+    calls = []
+    fused_apply = cpu_fused._RMSNorm.apply
+    monkeypatch.setattr(cpu_fused._RMSNorm, "apply", lambda *args: calls.append(1) or fused_apply(*args))
+    x = torch.randn(4, 8, requires_grad=True)
+    norm(x)
+    assert len(calls) == 1
+    with torch.no_grad():  # scoring: transformers' code, as `framesft evaluate` runs it
+        norm(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        norm(x)
+    norm(x.detach().bfloat16().requires_grad_())
+    norm.weight.requires_grad_(True)  # a trained norm weight needs its gradient: transformers' code
+    norm(x)
+    assert len(calls) == 1
+
+
+def test_fused_norms_cover_every_norm_of_the_embedded_models():
+    from framesft.config import FrameSFTConfig
+    from framesft.modeling import load_base_model, resolve_model_path
+
+    for base_model, norms in [("embedded:smollm2-135m-instruct", 30 * 2 + 1), ("embedded:gemma3-270m", 18 * 6 + 1)]:
+        config = FrameSFTConfig.model_validate({"model": {"base_model": base_model, "dtype": "float32"}})
+        model = load_base_model(config, resolve_model_path(base_model), torch.device("cpu"), for_training=True)
+        assert use_fused_norms(model) == norms, base_model
+
+
+def stock_rotary():
+    return getattr(modeling_llama.apply_rotary_pos_emb, "fused_original", modeling_llama.apply_rotary_pos_emb)
+
+
+def test_fused_rotary_computes_what_transformers_computes(monkeypatch, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    original = stock_rotary()
+    monkeypatch.setattr(modeling_llama, "apply_rotary_pos_emb", original)  # restored after the test
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert use_fused_rotary(model) == 1 and use_fused_rotary(model) == 0  # once per modeling module
+    fused = modeling_llama.apply_rotary_pos_emb
+    assert fused.fused_original is original
+    generator = torch.Generator().manual_seed(0)
+    # as the attention layers pass them: [batch, seq, heads, dim] projections transposed to [batch, heads, seq, dim]
+    q = torch.randn(2, 7, 4, 16, generator=generator).transpose(1, 2)
+    k = torch.randn(2, 7, 2, 16, generator=generator).transpose(1, 2)
+    angles = torch.randn(2, 7, 8, generator=generator)
+    cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+    results = {}
+    for name, function in [("stock", original), ("fused", fused)]:
+        q_, k_ = q.clone().requires_grad_(), k.clone().requires_grad_()
+        q_out, k_out = function(q_, k_, cos, sin)
+        (q_out.sum(-1) * torch.arange(7.0)).sum().add((k_out * k_out).sum()).backward()
+        results[name] = (q_out.detach(), k_out.detach(), q_.grad, k_.grad, type(q_out.grad_fn).__name__)
+    assert results["fused"][4] == "_RotaryBackward" and results["stock"][4] != "_RotaryBackward"
+    for expected, got in zip(results["stock"][:4], results["fused"][:4]):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # scoring runs the original
+        assert fused(q, k, cos, sin)[0].grad_fn is None
+        torch.testing.assert_close(fused(q, k, cos, sin)[0], original(q, k, cos, sin)[0], rtol=0, atol=0)
+
+
+def test_fused_rotary_leaves_another_convention_alone(monkeypatch):
+    """A modeling module whose rotary rotates interleaved pairs (GPT-J style) keeps its own function."""
+
+    def interleaved(q, k, cos, sin, unsqueeze_dim=1):
+        def rotate(x):
+            return torch.stack([-x[..., 1::2], x[..., ::2]], dim=-1).flatten(-2)
+        cos, sin = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)
+        return q * cos + rotate(q) * sin, k * cos + rotate(k) * sin
+
+    modeling = types.ModuleType("transformers.models.fake.modeling_fake")
+    modeling.apply_rotary_pos_emb = interleaved
+    monkeypatch.setitem(sys.modules, modeling.__name__, modeling)
+    layer = type("FakeAttention", (torch.nn.Module,), {"__module__": modeling.__name__})()
+    assert use_fused_rotary(layer) == 0 and modeling.apply_rotary_pos_emb is interleaved
+
+
+def test_training_with_fused_norms_and_rotary_gives_the_stock_gradients(monkeypatch, tiny_model_dir, tmp_path):
+    """The whole model as `lora_model` builds it for CPU training: loss and LoRA gradients with the fused norms and
+    rotary equal those with transformers' own (the same dropout draws under the same seed)."""
+    from conftest import tiny_config
+    from framesft.methods import build_method
+    from framesft.modeling import load_tokenizer
+    from framesft.training import lora_model
+
+    monkeypatch.setattr(modeling_llama, "apply_rotary_pos_emb", stock_rotary())
+    config = tiny_config(tiny_model_dir, tmp_path / "run", lora_dropout=0.1)
+    method = build_method(config, load_tokenizer(tiny_model_dir, False), ["A", "B"])
+    torch.manual_seed(0)
+    model = lora_model(config, tiny_model_dir, method, ["A", "B"], torch.device("cpu")).train()
+    norms = [m for m in model.modules() if "fused_norm_offset" in m.__dict__]
+    assert len(norms) == 2 * 2 + 1 and hasattr(modeling_llama.apply_rotary_pos_emb, "fused_original")
+    for name, parameter in sorted(model.named_parameters()):
+        if "lora_B" in name:
+            with torch.no_grad():
+                parameter.normal_(generator=torch.Generator().manual_seed(len(name)))
+    ids = torch.randint(5, 200, (3, 40), generator=torch.Generator().manual_seed(0))
+    calls = []  # the fused pass must really run the fused operations (float32 weights: see the config's dtype)
+    for function in (cpu_fused._RMSNorm, cpu_fused._Rotary):
+        monkeypatch.setattr(function, "apply", lambda *args, apply=function.apply: calls.append(1) or apply(*args))
+    losses, gradients = {}, {}
+    for fused in (True, False):
+        if not fused:  # back to transformers' code
+            for norm in norms:
+                del norm.forward
+            monkeypatch.setattr(modeling_llama, "apply_rotary_pos_emb", stock_rotary())
+        model.zero_grad()
+        torch.manual_seed(1)
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        losses[fused] = loss.item()
+        gradients[fused] = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert len(calls) == 2 * (2 + 2) + 1  # per layer two norms, rotary on q and k; the final norm
+    assert losses[True] == pytest.approx(losses[False], rel=1e-6)
+    for name, gradient in gradients[False].items():
+        assert gradient.abs().sum() > 0, name
+        scale = float(gradient.abs().max())  # float32 rounding, relative to the gradient's size (up to 11 here)
+        torch.testing.assert_close(gradients[True][name], gradient, rtol=1e-4, atol=1e-4 * scale, msg=name)
