@@ -75,7 +75,8 @@ def main() -> None:
     predict_rate = args.rows / predict_seconds
     report = {
         "benchmark": "framesft predict end to end vs the scorer alone",
-        "command": f"benchmarks/predict_speed.py --run {args.run} --rows {args.rows} --scorer-rows {scorer_rows}",
+        "command": f"benchmarks/predict_speed.py --run {args.run} --rows {args.rows} --scorer-rows {scorer_rows}"
+                   + (f" --output {args.output}" if args.output != RESULTS else ""),
         "run": str(args.run),
         "base_model": read_run_config(args.run).model.base_model,
         "rows": args.rows,
