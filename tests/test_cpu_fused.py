@@ -125,6 +125,15 @@ def test_fused_rotary_computes_what_transformers_computes(monkeypatch, tiny_mode
     with torch.no_grad():  # scoring runs the original
         assert fused(q, k, cos, sin)[0].grad_fn is None
         torch.testing.assert_close(fused(q, k, cos, sin)[0], original(q, k, cos, sin)[0], rtol=0, atol=0)
+    # [batch, seq, heads, dim] with the heads' axis named, by position and by keyword, with and without gradients
+    q_, k_ = q.transpose(1, 2).requires_grad_(), k.transpose(1, 2).requires_grad_()
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            expected = original(q_, k_, cos, sin, unsqueeze_dim=2)
+            for got in (fused(q_, k_, cos, sin, 2), fused(q_, k_, cos, sin, unsqueeze_dim=2)):
+                assert (type(got[0].grad_fn).__name__ == "_RotaryBackward") == grad
+                for e, g in zip(expected, got):
+                    torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
 
 
 def test_fused_rotary_leaves_another_convention_alone(monkeypatch):

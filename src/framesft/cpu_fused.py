@@ -61,10 +61,16 @@ def _fused_norm_forward(self, x: torch.Tensor) -> torch.Tensor:
     return _RMSNorm.apply(x, weight + self.fused_norm_offset if self.fused_norm_offset else weight, self.fused_norm_eps)
 
 
+def _probe_generator() -> torch.Generator:
+    """Random probe inputs from their own generator: installing the fused operations leaves torch's global random
+    state (dropout, LoRA initialisation) as it was."""
+    return torch.Generator().manual_seed(0)
+
+
 def _norm_offset(module: nn.Module, eps: float) -> float | None:
     """0 (Llama: x / rms * w) or 1 (Gemma: x / rms * (1 + w)), whichever reproduces the module's own forward on a
     random input; None if neither does (a norm written differently is left alone)."""
-    probe = torch.randn(3, module.weight.shape[0], dtype=torch.float32)
+    probe = torch.randn(3, module.weight.shape[0], generator=_probe_generator())
     with torch.no_grad():
         expected = type(module).forward(module, probe)
         for offset in (0.0, 1.0):
@@ -119,11 +125,11 @@ def _fused_rotary(original: Callable) -> Callable:
     where it applies and calls `original` otherwise."""
 
     def apply_rotary_pos_emb(q, k, cos, sin, *args, **kwargs):
-        unsqueeze_dim = kwargs.pop("unsqueeze_dim", args[0] if len(args) == 1 else 1)
-        if (len(args) > 1 or kwargs or cos.requires_grad or sin.requires_grad or not _fusable(q, k, cos, sin)
-                or cos.dim() + 1 != q.dim() or not q.shape[-1] == k.shape[-1] == cos.shape[-1] == sin.shape[-1]
-                or q.shape[-1] % 2):
+        if (len(args) + len(kwargs) > 1 or set(kwargs) - {"unsqueeze_dim"} or cos.requires_grad or sin.requires_grad
+                or not _fusable(q, k, cos, sin) or cos.dim() + 1 != q.dim() or q.shape[-1] % 2
+                or not q.shape[-1] == k.shape[-1] == cos.shape[-1] == sin.shape[-1]):
             return original(q, k, cos, sin, *args, **kwargs)
+        unsqueeze_dim = args[0] if args else kwargs.get("unsqueeze_dim", 1)
         cos, sin = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)
         return _Rotary.apply(q, cos, sin), _Rotary.apply(k, cos, sin)
 
@@ -132,10 +138,12 @@ def _fused_rotary(original: Callable) -> Callable:
 
 
 def _rotary_matches(original: Callable, fused: Callable) -> bool:
-    q, k = torch.randn(2, 3, 5, 8, requires_grad=True), torch.randn(2, 1, 5, 8, requires_grad=True)
-    angles = torch.randn(2, 5, 4)
+    generator = _probe_generator()
+    q = torch.randn(2, 3, 5, 8, generator=generator).requires_grad_()
+    k = torch.randn(2, 1, 5, 8, generator=generator).requires_grad_()
+    angles = torch.randn(2, 5, 4, generator=generator)
     cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
-    weights = torch.randn(2, 3, 5, 8), torch.randn(2, 1, 5, 8)
+    weights = torch.randn(2, 3, 5, 8, generator=generator), torch.randn(2, 1, 5, 8, generator=generator)
 
     def outputs_and_gradients(function):
         q.grad = k.grad = None
