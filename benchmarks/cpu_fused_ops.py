@@ -38,13 +38,10 @@ def modeling(family: str):
     return module, module.Gemma3RMSNorm
 
 
-def timed(step, rounds: int) -> list[float]:
-    seconds = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        step()
-        seconds.append(time.perf_counter() - start)
-    return seconds
+def timed(step) -> float:
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
 
 
 def compare(stock, fused, rounds: int) -> dict:
@@ -53,8 +50,8 @@ def compare(stock, fused, rounds: int) -> dict:
         step()
     times = {"stock": [], "fused": []}
     for _ in range(rounds):
-        times["stock"] += timed(stock, 1)
-        times["fused"] += timed(fused, 1)
+        times["stock"].append(timed(stock))
+        times["fused"].append(timed(fused))
     largest = max((a - b).abs().max().item() for a, b in zip(stock(), fused()))
     median = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     return {"stock_ms": round(median["stock"], 2), "fused_ms": round(median["fused"], 2),
@@ -69,7 +66,7 @@ def forward_backward(function, *inputs):
         leaves = [x.detach().requires_grad_() for x in inputs]
         outputs = function(*leaves)
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
-        torch.autograd.backward(outputs, [weights[i] for i in range(len(outputs))])
+        torch.autograd.backward(outputs, weights)
         return [o.detach() for o in outputs] + [x.grad for x in leaves]
 
     probe = function(*inputs)

@@ -58,7 +58,8 @@ def _fused_norm_forward(self, x: torch.Tensor) -> torch.Tensor:
     weight = self.weight
     if weight.requires_grad or not _fusable(x, weight):
         return type(self).forward(self, x)
-    return _RMSNorm.apply(x, weight + self.fused_norm_offset if self.fused_norm_offset else weight, self.fused_norm_eps)
+    scale = weight + self.fused_norm_offset if self.fused_norm_offset else weight
+    return _RMSNorm.apply(x, scale, self.fused_norm_eps)
 
 
 def _probe_generator() -> torch.Generator:
@@ -73,8 +74,8 @@ def _norm_offset(module: nn.Module, eps: float) -> float | None:
     probe = torch.randn(3, module.weight.shape[0], generator=_probe_generator())
     with torch.no_grad():
         expected = type(module).forward(module, probe)
+        weight = module.weight.float()
         for offset in (0.0, 1.0):
-            weight = module.weight.float()
             if torch.allclose(_RMSNorm.apply(probe, weight + offset, eps), expected, rtol=1e-4, atol=1e-5):
                 return offset
     return None
