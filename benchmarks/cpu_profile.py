@@ -54,6 +54,7 @@ def config_for(base_model: str):
 
 def scoring_profiles(base_model: str, passages: int) -> dict:
     from framesft.modeling import attach_lora, load_base_model, load_tokenizer, resolve_model_path
+    from framesft.precision import resolve_plan
     from framesft.prompting import PromptBuilder
     from framesft.scoring import LabelScorer
 
@@ -63,7 +64,8 @@ def scoring_profiles(base_model: str, passages: int) -> dict:
     builder = PromptBuilder(tokenizer, LABELS, config.prompt, 512)
     texts = pd.read_csv(SHARED / "dev_data.csv", dtype=str, keep_default_na=False)["chunk_text"][:passages]
     prompts = [builder.encode_prompt(t) for t in texts]
-    model = attach_lora(load_base_model(config, path, torch.device("cpu"), for_training=False), config)
+    plan = resolve_plan(config, torch.device("cpu"))
+    model = attach_lora(load_base_model(config, path, plan, for_training=False), config)
     model = model.merge_and_unload().eval()
     result = {}
     for dtype in (torch.float32, torch.bfloat16):
@@ -78,6 +80,7 @@ def training_profiles(base_model: str, steps: int) -> dict:
     from framesft.cpu_lora import use_fused_lora, use_sparse_dropout
     from framesft.methods.sft import AnswerOnlyCollator, answer_only_loss
     from framesft.modeling import attach_lora, load_base_model, load_tokenizer, resolve_model_path
+    from framesft.precision import resolve_plan
     from framesft.prompting import PromptBuilder
 
     config = config_for(base_model)
@@ -94,7 +97,8 @@ def training_profiles(base_model: str, steps: int) -> dict:
     result = {}
     for variant in ("stock_peft", "framesft_default"):
         torch.manual_seed(0)
-        model = attach_lora(load_base_model(config, path, torch.device("cpu"), for_training=True), config)
+        plan = resolve_plan(config, torch.device("cpu"))
+        model = attach_lora(load_base_model(config, path, plan, for_training=True), config)
         if variant == "framesft_default":  # what training.lora_model does on CPU
             use_sparse_dropout(model)
             use_fused_lora(model)

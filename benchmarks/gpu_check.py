@@ -32,6 +32,7 @@ import torch
 from framesft.config import load_config
 from framesft.inference import load_classifier
 from framesft.modeling import attach_lora, load_base_model
+from framesft.precision import resolve_plan
 from framesft.scoring import naive_label_scores
 from framesft.prompting import IGNORE_INDEX
 from framesft.methods.classification import head_loss
@@ -189,8 +190,8 @@ def load_for_training(folder: Path, config_name: str, quantized: bool):
         f"model.base_model={folder}", f"model.load_in_4bit={str(quantized).lower()}"])
     release()
     started = time.perf_counter()
-    model = load_base_model(config, str(folder), torch.device("cuda"), for_training=True, labels=FRAMES,
-                            pad_token_id=0)
+    model = load_base_model(config, str(folder), resolve_plan(config, torch.device("cuda")), for_training=True,
+                            labels=FRAMES, pad_token_id=0)
     model = attach_lora(model, config)
     model.train()
     facts = {

@@ -206,6 +206,7 @@ def qlora(shape: dict, vocab: int, work: Path, micro_batches: list[int], checkpo
     prepared for it at load time, so it is not switched afterwards)."""
     from framesft.config import load_config
     from framesft.modeling import attach_lora, load_base_model
+    from framesft.precision import resolve_plan
 
     model = build_model(shape, vocab, device)
     folder = work / "mistral-shape"
@@ -214,7 +215,7 @@ def qlora(shape: dict, vocab: int, work: Path, micro_batches: list[int], checkpo
     release()
     config = load_config(REPO / "configs" / "mistral-7b-sft.yaml",
                          [f"model.base_model={folder}", f"training.gradient_checkpointing={str(checkpointing).lower()}"])
-    model = attach_lora(load_base_model(config, str(folder), device, for_training=True), config)
+    model = attach_lora(load_base_model(config, str(folder), resolve_plan(config, device), for_training=True), config)
     rows = training_grid(model, vocab, device, n, ceiling, effective, length, micro_batches, ["sdpa"],
                          (checkpointing,))
     del model

@@ -30,7 +30,7 @@ from framesft.config import load_config
 from framesft.modeling import attach_lora, load_base_model, load_tokenizer, resolve_model_path
 from framesft.prompting import PromptBuilder
 from framesft.methods.sft import AnswerOnlyCollator, answer_only_loss, full_sequence_loss
-from framesft.training import mixed_precision_bf16
+from framesft.precision import resolve_plan
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "brexit"
@@ -59,10 +59,11 @@ def measure(base_model: str, n_batches: int, batch_size: int) -> dict:
     path = resolve_model_path(base_model)
     tokenizer = load_tokenizer(path, False)
     builder = PromptBuilder(tokenizer, list(config.data.label2id), config.prompt, config.data.max_length)
-    model = attach_lora(load_base_model(config, path, torch.device("cpu"), for_training=True), config)
+    plan = resolve_plan(config, torch.device("cpu"))  # as framesft trains on this CPU
+    model = attach_lora(load_base_model(config, path, plan, for_training=True), config)
     model.eval()  # dropout off, so both losses see the same network; gradients still flow
     batches = real_batches(builder, tokenizer.pad_token_id, n_batches, batch_size)
-    bf16 = mixed_precision_bf16(config, torch.device("cpu"))  # as framesft trains on this CPU
+    bf16 = plan.autocast == "bf16"
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
     losses = {"answer_only": answer_only_loss, "full_sequence": full_sequence_loss,
               "answer_only_by_count": answer_only_loss_by_count}

@@ -37,7 +37,7 @@ import torch
 
 from framesft.inference import load_classifier, merged_for_scoring
 from framesft.metrics import classification_metrics
-from framesft.modeling import cpu_prefers_bf16
+from framesft.precision import cpu_prefers_bf16, resolve_plan
 from framesft.scoring import LabelScorer, naive_label_scores, pad_batch, positions_from_mask, token_budget_batches
 from roofline import ceilings, measure_roof, non_embedding_parameters, share
 
@@ -124,7 +124,8 @@ def untrained_classifier(base_model: str):
     config = FrameSFTConfig.model_validate({"model": {"base_model": base_model, "dtype": "float32"}})
     path = resolve_model_path(base_model)
     tokenizer = load_tokenizer(path, False)
-    model = attach_lora(load_base_model(config, path, torch.device("cpu"), for_training=False), config)
+    plan = resolve_plan(config, torch.device("cpu"))
+    model = attach_lora(load_base_model(config, path, plan, for_training=False), config)
     torch.manual_seed(0)
     for name, parameter in model.named_parameters():
         if "lora_B" in name:

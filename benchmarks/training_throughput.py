@@ -8,7 +8,7 @@ projections, the same real training chunks (train_data.csv), the same prompt and
 lr 2e-4, the same number of optimizer steps:
 - before:    framesft's trainer as it ran before issue 13: fp32 weights under bf16 autocast where the CPU has
              native bf16 (every frozen weight re-cast at every step), PEFT's stock dropout
-- after:     framesft's trainer now (training.lora_model, training.mixed_precision_bf16): base weights in bf16
+- after:     framesft's trainer now (training.lora_model, precision.resolve_plan): base weights in bf16
              only where a matmul probe finds bf16 faster than fp32 (else fp32, no autocast), dropout that draws
              only the dropped positions, the fused LoRA layer (cpu_lora.py), fused RMSNorm and rotary
              embedding (cpu_fused.py)
@@ -107,18 +107,20 @@ def framesft_setup(method: str, n: int, base_model: str):
     import torch
 
     from framesft.methods import build_method
-    from framesft.modeling import attach_lora, cpu_supports_bf16, load_base_model, resolve_model_path
-    from framesft.training import lora_model, mixed_precision_bf16
+    from framesft.modeling import attach_lora, load_base_model, resolve_model_path
+    from framesft.precision import cpu_supports_bf16, resolve_plan
+    from framesft.training import lora_model
 
     dtype = {"before": "float32", "bf16_base": "bfloat16"}.get(method, "auto")
     config, tokenizer, examples = encoded_examples(n, base_model, dtype, TRAINING.get(method))
     cpu = torch.device("cpu")
     method_ = build_method(config, tokenizer, LABELS)
     if method == "before":  # fp32 weights, stock dropout, autocast wherever the CPU has native bf16
-        model = attach_lora(load_base_model(config, resolve_model_path(base_model), cpu, for_training=True), config)
+        plan = resolve_plan(config, cpu)
+        model = attach_lora(load_base_model(config, resolve_model_path(base_model), plan, for_training=True), config)
         bf16 = cpu_supports_bf16()
     else:
-        model = lora_model(config, resolve_model_path(base_model), method_, LABELS, cpu)
+        model = lora_model(config, resolve_model_path(base_model), method_, LABELS, resolve_plan(config, cpu))
         if method == "after_unfused":  # PEFT's LoRA forward with the new dropout mask: the fused layer's share
             from peft.tuners.lora.layer import Linear as LoraLinear
 
@@ -129,7 +131,7 @@ def framesft_setup(method: str, n: int, base_model: str):
             for module in model.modules():
                 if "fused_norm_offset" in module.__dict__:
                     del module.forward
-        bf16 = mixed_precision_bf16(config, cpu)
+        bf16 = resolve_plan(config, cpu).autocast == "bf16"
     return model, method_, bf16, tokenizer, examples
 
 
@@ -248,10 +250,12 @@ def run_trl(steps: int, n: int, base_model: str, out: Path) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     from framesft.modeling import load_base_model, resolve_model_path
+    from framesft.precision import resolve_plan
     from framesft.prompting import IGNORE_INDEX
 
     config, tokenizer, examples = encoded_examples(n, base_model, "float32")
-    model = load_base_model(config, resolve_model_path(base_model), torch.device("cpu"), for_training=True)
+    plan = resolve_plan(config, torch.device("cpu"))
+    model = load_base_model(config, resolve_model_path(base_model), plan, for_training=True)
     dataset = Dataset.from_list([{"input_ids": e.input_ids,
                                   "completion_mask": [int(t != IGNORE_INDEX) for t in e.labels]} for e in examples])
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, task_type="CAUSAL_LM",
@@ -298,9 +302,11 @@ def model_parameters(base_model: str) -> int:
 
     from framesft.config import FrameSFTConfig
     from framesft.modeling import load_base_model, resolve_model_path
+    from framesft.precision import resolve_plan
 
     config = FrameSFTConfig.model_validate({"model": {"base_model": base_model, "dtype": "float32"}})
-    model = load_base_model(config, resolve_model_path(base_model), torch.device("cpu"), for_training=False)
+    plan = resolve_plan(config, torch.device("cpu"))
+    model = load_base_model(config, resolve_model_path(base_model), plan, for_training=False)
     return non_embedding_parameters(model)
 
 

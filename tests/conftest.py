@@ -14,6 +14,44 @@ SAMPLE_DATA = Path(__file__).resolve().parents[1] / "src" / "framesft" / "resour
 FRAMES = ["Conflict", "Moral Value", "Economic", "Powerlessness", "Human Impact", "None"]
 
 
+# The CPU kinds framesft meets, as the compute plan sees them: flags and the matmul rates measured on 2 cores
+# (GFLOP/s). AMX: Sapphire Rapids; AVX512-BF16 without AMX: the Xeons the CPU work was tuned on; AVX2 only: the
+# AMD EPYC some of these machines have, where torch emulates bf16.
+CPU_KINDS = {
+    "amx": ({"avx512_bf16", "amx_bf16"}, {"float32": 195.0, "bfloat16": 734.0}),
+    "avx512_bf16": ({"avx512_bf16"}, {"float32": 310.0, "bfloat16": 160.0}),
+    "avx2": (set(), {"float32": 300.0, "bfloat16": 20.0}),
+}
+
+
+def simulate_cpu(monkeypatch, kind: str) -> None:
+    """Make the compute plan see a CPU of this kind (flags and measured rates); the arithmetic stays this CPU's."""
+    import torch
+
+    import framesft.precision as precision
+
+    flags, rates = CPU_KINDS[kind]
+    monkeypatch.setattr(precision, "cpu_flags", lambda: set(flags))
+    monkeypatch.setattr(precision, "cpu_matmul_rates", lambda: {getattr(torch, k): v for k, v in rates.items()})
+
+
+def pytest_addoption(parser):
+    parser.addoption("--cpu-kind", choices=["native", *CPU_KINDS], default="native",
+                     help="run the whole suite as the compute plan would on another kind of CPU (the paths it "
+                          "chooses there: bf16 training on AMX); tests that pin a kind keep theirs")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cpu_kind(request):
+    kind = request.config.getoption("--cpu-kind")
+    if kind == "native":
+        yield kind
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        simulate_cpu(patch, kind)
+        yield kind
+
+
 @pytest.fixture(scope="session")
 def embedded_model_dir() -> str:
     return resolve_model_path(EMBEDDED_DEFAULT_MODEL)

@@ -87,10 +87,12 @@ def test_fused_norms_run_only_where_they_compute_the_same(monkeypatch):
 def test_fused_norms_cover_every_norm_of_the_embedded_models():
     from framesft.config import FrameSFTConfig
     from framesft.modeling import load_base_model, resolve_model_path
+    from framesft.precision import resolve_plan
 
     for base_model, norms in [("embedded:smollm2-135m-instruct", 30 * 2 + 1), ("embedded:gemma3-270m", 18 * 6 + 1)]:
         config = FrameSFTConfig.model_validate({"model": {"base_model": base_model, "dtype": "float32"}})
-        model = load_base_model(config, resolve_model_path(base_model), torch.device("cpu"), for_training=True)
+        plan = resolve_plan(config, torch.device("cpu"))
+        model = load_base_model(config, resolve_model_path(base_model), plan, for_training=True)
         assert use_fused_norms(model) == norms, base_model
 
 
@@ -158,13 +160,15 @@ def test_training_with_fused_norms_and_rotary_gives_the_stock_gradients(monkeypa
     from conftest import tiny_config
     from framesft.methods import build_method
     from framesft.modeling import load_tokenizer
+    from framesft.precision import resolve_plan
     from framesft.training import lora_model
 
     monkeypatch.setattr(modeling_llama, "apply_rotary_pos_emb", stock_rotary())
     config = tiny_config(tiny_model_dir, tmp_path / "run", lora_dropout=0.1)
+    config.model.dtype = "float32"  # the path under test, on every CPU (auto takes bf16 where AMX makes it faster)
     method = build_method(config, load_tokenizer(tiny_model_dir, False), ["A", "B"])
     torch.manual_seed(0)
-    model = lora_model(config, tiny_model_dir, method, ["A", "B"], torch.device("cpu")).train()
+    model = lora_model(config, tiny_model_dir, method, ["A", "B"], resolve_plan(config, torch.device("cpu"))).train()
     norms = [m for m in model.modules() if "fused_norm_offset" in m.__dict__]
     assert len(norms) == 2 * 2 + 1 and hasattr(modeling_llama.apply_rotary_pos_emb, "fused_original")
     for name, parameter in sorted(model.named_parameters()):

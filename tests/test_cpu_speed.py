@@ -91,42 +91,78 @@ def test_sparse_dropout_is_the_identity_in_eval_mode_and_repeats_under_a_seed():
 def test_every_lora_dropout_is_replaced(tiny_model_dir, tmp_path):
     from conftest import tiny_config
     from framesft.modeling import attach_lora, load_base_model
+    from framesft.precision import resolve_plan
 
     config = tiny_config(tiny_model_dir, tmp_path / "run")
-    model = attach_lora(load_base_model(config, tiny_model_dir, torch.device("cpu"), for_training=True), config)
+    plan = resolve_plan(config, torch.device("cpu"))
+    model = attach_lora(load_base_model(config, tiny_model_dir, plan, for_training=True), config)
     layers = model.get_base_model().config.num_hidden_layers
     assert use_sparse_dropout(model) == layers * len(config.training.lora_target_modules)
     assert not any(isinstance(m, torch.nn.Dropout) for name, m in model.named_modules() if "lora_dropout" in name)
 
 
-def test_cpu_weights_are_bf16_only_where_bf16_measures_faster(monkeypatch, tiny_model_dir, tmp_path):
-    import framesft.modeling as modeling
-    from conftest import tiny_config
-    from framesft.training import mixed_precision_bf16
+ALL_FUSED = ("sparse_dropout", "fused_lora", "fused_norms", "fused_rotary")
 
+
+@pytest.mark.parametrize("kind, training_weights, autocast, fused", [
+    ("amx", "bfloat16", "bf16", ("sparse_dropout",)),  # bf16 3.8x fp32: bf16 weights, autocast
+    ("avx512_bf16", "float32", None, ALL_FUSED),      # bf16 half of fp32: fp32 and the fused operations
+    ("avx2", "float32", None, ALL_FUSED),             # no native bf16: never bf16
+])
+def test_compute_plan_follows_the_measured_cpu(monkeypatch, tiny_model_dir, tmp_path, kind, training_weights,
+                                                autocast, fused):
+    from conftest import simulate_cpu, tiny_config
+    from framesft.precision import resolve_plan
+
+    simulate_cpu(monkeypatch, kind)
     cpu = torch.device("cpu")
     config = tiny_config(tiny_model_dir, tmp_path / "run", bf16=True)
-    rates = {torch.float32: 300.0, torch.bfloat16: 160.0}  # AVX512-BF16 without AMX, as measured here
-    monkeypatch.setattr(modeling, "cpu_matmul_gflops", lambda dtype: rates[dtype])
-    monkeypatch.setattr(modeling, "cpu_supports_bf16", lambda: True)
-    assert modeling.pick_dtype(config, cpu, for_training=True) == torch.float32
-    assert mixed_precision_bf16(config, cpu) is False  # no autocast over fp32 weights
+    plan = resolve_plan(config, cpu)
+    assert (plan.device, plan.training_weights, plan.autocast, plan.fused_cpu_ops) == ("cpu", training_weights,
+                                                                                         autocast, fused)
+    assert plan.scoring_weights == "float32"  # scoring stays fp32 on every CPU
+    assert plan.reloads_for_scoring == (training_weights != "float32")
+    assert plan.weights_dtype(for_training=True) == getattr(torch, training_weights)
+    line = plan.line()
+    assert line.startswith("compute plan: cpu; training weights " + training_weights) and "\n" not in line
+    assert plan.to_dict()["line"] == line and plan.to_dict()["fused_cpu_ops"] == list(fused)
 
-    rates[torch.bfloat16] = 900.0  # AMX
-    assert modeling.pick_dtype(config, cpu, for_training=True) == torch.bfloat16
-    assert modeling.pick_dtype(config, cpu) == torch.float32  # scoring stays fp32 (bf16 agreement below 99%)
-    assert mixed_precision_bf16(config, cpu) is True
-    config.training.bf16 = False
-    assert mixed_precision_bf16(config, cpu) is False
-
-    monkeypatch.setattr(modeling, "cpu_supports_bf16", lambda: False)
-    assert modeling.pick_dtype(config, cpu, for_training=True) == torch.float32  # no native bf16: never
+    config.training.bf16 = False  # no autocast without training.bf16
+    assert resolve_plan(config, cpu).autocast is None
+    config.model.dtype = "float32"  # an explicit dtype is obeyed for training and scoring, on every CPU
+    plan = resolve_plan(config, cpu)
+    assert (plan.training_weights, plan.scoring_weights, plan.fused_cpu_ops) == ("float32", "float32", ALL_FUSED)
     config.model.dtype = "bfloat16"
-    assert modeling.pick_dtype(config, cpu) == torch.bfloat16  # an explicit dtype is obeyed
+    plan = resolve_plan(config, cpu)
+    assert (plan.training_weights, plan.scoring_weights, plan.fused_cpu_ops) == ("bfloat16", "bfloat16",
+                                                                                 ("sparse_dropout",))
+    assert ("emulated" in plan.reason) == (kind == "avx2")
+
+
+def test_the_plan_installs_exactly_its_fused_operations(monkeypatch, tiny_model_dir, tmp_path):
+    """What the plan names is what training installs: all four on fp32 weights, the dropout alone on bf16."""
+    from conftest import simulate_cpu, tiny_config
+    from framesft.methods import build_method
+    from framesft.modeling import load_tokenizer
+    from framesft.precision import resolve_plan
+    from framesft.training import lora_model
+
+    config = tiny_config(tiny_model_dir, tmp_path / "run", bf16=True)
+    method = build_method(config, load_tokenizer(tiny_model_dir, False), ["A", "B"])
+    for kind, fused_norms in (("avx512_bf16", True), ("amx", False)):
+        simulate_cpu(monkeypatch, kind)
+        model = lora_model(config, tiny_model_dir, method, ["A", "B"], resolve_plan(config, torch.device("cpu")))
+        norms = [m for m in model.modules() if "fused_norm_offset" in m.__dict__]
+        lora_forwards = [m for m in model.modules() if "lora_A" in m.__dict__.get("_modules", {})
+                         and "forward" in m.__dict__]
+        assert bool(norms) == bool(lora_forwards) == fused_norms, kind
+        assert any(isinstance(m, SparseDropout) for m in model.modules()), kind
+        frozen = {p.dtype for n, p in model.named_parameters() if not p.requires_grad and "norm" not in n}
+        assert frozen == {torch.float32 if fused_norms else torch.bfloat16}, kind
 
 
 def test_matmul_probe_measures_a_positive_rate():
-    from framesft.modeling import measure_matmul_gflops
+    from framesft.precision import measure_matmul_gflops
 
     assert measure_matmul_gflops(torch.float32, size=128, repeats=2) > 0.1
 
@@ -151,10 +187,12 @@ def test_bf16_base_keeps_lora_weights_in_fp32(tiny_model_dir, tmp_path):
     """Frozen weights held in bf16 once; what the optimizer updates (LoRA) stays fp32."""
     from conftest import tiny_config
     from framesft.modeling import attach_lora, load_base_model
+    from framesft.precision import resolve_plan
 
     config = tiny_config(tiny_model_dir, tmp_path / "run")
     config.model.dtype = "bfloat16"
-    model = attach_lora(load_base_model(config, tiny_model_dir, torch.device("cpu"), for_training=True), config)
+    plan = resolve_plan(config, torch.device("cpu"))
+    model = attach_lora(load_base_model(config, tiny_model_dir, plan, for_training=True), config)
     trainable = {p.dtype for p in model.parameters() if p.requires_grad}
     frozen = {p.dtype for name, p in model.named_parameters() if not p.requires_grad and "norm" not in name}
     assert trainable == {torch.float32}
@@ -171,6 +209,7 @@ def test_gradient_checkpointing_recomputes_the_same_dropout_masks(tiny_model_dir
     from conftest import tiny_config
     from framesft.methods import build_method
     from framesft.modeling import load_tokenizer
+    from framesft.precision import resolve_plan
     from framesft.training import lora_model
 
     ids = torch.randint(5, 200, (3, 40), generator=torch.Generator().manual_seed(0))
@@ -183,7 +222,8 @@ def test_gradient_checkpointing_recomputes_the_same_dropout_masks(tiny_model_dir
                              checkpoint_every_n_layers=every_n_layers, lora_dropout=0.3)
         method = build_method(config, load_tokenizer(tiny_model_dir, False), ["A", "B"])
         torch.manual_seed(0)
-        model = lora_model(config, tiny_model_dir, method, ["A", "B"], torch.device("cpu")).train()
+        plan = resolve_plan(config, torch.device("cpu"))
+        model = lora_model(config, tiny_model_dir, method, ["A", "B"], plan).train()
         draws.clear()
         for name, parameter in sorted(model.named_parameters()):
             if "lora_B" in name:  # B starts at zero, which would leave A without a gradient

@@ -1,6 +1,7 @@
 """End-to-end: train the tiny random Llama for real (a few steps), then evaluate and predict from its run folder."""
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -70,6 +71,19 @@ def test_answer_only_loss_equals_the_full_sequence_loss(tiny_model_dir, tokenize
     ours = answer_only_loss(model, batch)
     torch.testing.assert_close(ours, full_sequence_loss(model, batch), atol=1e-5, rtol=1e-5)
 
+    # training.label_smoothing, against its definition: per answer token (1 - e) * NLL + e * mean over the
+    # vocabulary of -log p, averaged over the answer tokens, from the full sequence's logits
+    smoothing = 0.1
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                       position_ids=batch["position_ids"]).logits[:, :-1].float(), -1)
+        targets = batch["labels"][:, 1:]
+        answer = targets != -100
+        nll = -logp[answer].gather(-1, targets[answer][:, None]).squeeze(-1)
+        expected = ((1 - smoothing) * nll + smoothing * -logp[answer].mean(-1)).mean()
+        torch.testing.assert_close(answer_only_loss(model, batch, smoothing), expected, atol=1e-5, rtol=1e-5)
+    assert answer_only_loss(model, batch, smoothing) > ours  # spreading mass costs likelihood on the answers
+
 
 def test_cli_evaluate_and_predict_on_the_trained_run(trained_run, tmp_path):
     run = str(trained_run.run_dir)
@@ -124,28 +138,41 @@ def test_in_memory_classifier_matches_reloaded_run(trained_run):
 
 
 def test_bf16_run_writes_the_metrics_its_adapter_reproduces(tiny_model_dir, tmp_path):
-    """bf16 base weights and autocast train (forced: here bf16 may not be the faster choice), but the final
-    metrics are computed without the trainer's autocast wrapper, on the merged model `evaluate` reloads."""
-    from framesft.modeling import cpu_supports_bf16
-
-    if not cpu_supports_bf16():
-        pytest.skip("this CPU has no native bf16, so training runs in fp32 and there is no autocast to leave")
+    """bf16 base weights and autocast train (forced, on every CPU: without native bf16 torch emulates it, slower),
+    but the final metrics are computed without the trainer's autocast wrapper, on the merged model `evaluate`
+    reloads."""
     config = tiny_config(tiny_model_dir, tmp_path / "run", bf16=True, num_epochs=1)
     config.model.dtype = "bfloat16"
     result = train(config, show_progress=False)
+    plan = json.loads((result.run_dir / "run_summary.json").read_text())["compute_plan"]
+    assert (plan["training_weights"], plan["scoring_weights"], plan["autocast"]) == ("bfloat16", "bfloat16", "bf16")
     assert_saved_adapter_reproduces_written_predictions(result.run_dir)
 
 
 def test_run_trained_on_bf16_weights_reports_the_fp32_metrics_evaluate_reproduces(tiny_model_dir, tmp_path,
-                                                                                   monkeypatch):
+                                                                                   monkeypatch, caplog):
     """Where bf16 is the faster CPU choice (AMX, simulated here) training holds the base in bf16 but scoring
-    uses fp32 weights: the run's final metrics come from the reloaded fp32 model, as `evaluate` computes them."""
-    import framesft.modeling as modeling
+    uses fp32 weights: the run's final metrics come from the reloaded fp32 model, as `evaluate` computes them.
+    The plan is decided once for training (and once more by the reload, which is `evaluate`'s own loading)."""
+    import framesft.inference as inference
+    import framesft.training as training
+    from conftest import simulate_cpu
+    from framesft.precision import resolve_plan
 
-    monkeypatch.setattr(modeling, "cpu_prefers_bf16", lambda: True)
+    simulate_cpu(monkeypatch, "amx")
+    caplog.set_level(logging.INFO, logger="framesft")
+    decided = []
+    for module in (training, inference):
+        monkeypatch.setattr(module, "resolve_plan", lambda *a, **k: decided.append(1) or resolve_plan(*a, **k))
     config = tiny_config(tiny_model_dir, tmp_path / "run", bf16=True, num_epochs=1)
-    assert modeling.pick_dtype(config, torch.device("cpu"), for_training=True) == torch.bfloat16
     result = train(config, show_progress=False)
+    assert len(decided) == 2
+    summary = json.loads((result.run_dir / "run_summary.json").read_text())
+    plan = summary["compute_plan"]
+    assert (plan["training_weights"], plan["scoring_weights"], plan["autocast"]) == ("bfloat16", "float32", "bf16")
+    assert plan["fused_cpu_ops"] == ["sparse_dropout"] and plan["cpu"]["amx_bf16"]
+    logged = [line for line in (result.run_dir / "train.log").read_text().splitlines() if "compute plan:" in line]
+    assert len(logged) == 1 and plan["line"] in logged[0]
     assert_saved_adapter_reproduces_written_predictions(result.run_dir)
 
 

@@ -169,6 +169,9 @@ class TrainingSection(Section):
     weight_decay: float = key(0.0, "AdamW weight decay", ge=0)
     warmup_steps: float = key(0.1, ">= 1: warm-up optimizer steps; < 1: a fraction of all steps", ge=0)
     max_grad_norm: float = key(1.0, "gradient clipping norm", gt=0)
+    label_smoothing: float = key(0.0, "label smoothing of the training loss (Szegedy et al. 2016): the target puts "
+                                      "1 - this on the right token and spreads the rest evenly (over the vocabulary "
+                                      "for generative SFT, over the labels for the classification head)", ge=0, lt=1)
     fp16: bool = key(False, "fp16 mixed precision (CUDA only)")
     bf16: bool = key(False, "bf16 mixed precision (autocast); on CPU only where the base weights are bf16 "
                             "(model.dtype), elsewhere fp32 with a note")

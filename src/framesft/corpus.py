@@ -224,7 +224,7 @@ def predict_corpus(run_dir: str | Path, input_path: str | Path, output_path: str
     """
     from .evaluation import predictions_table
     from .inference import load_classifier
-    from .modeling import process_state
+    from .precision import process_state
     from .runfolder import check_run_folder, read_run_config
     from .terminal import progress_bar
 

@@ -13,7 +13,8 @@ from .calibration import read_temperature
 from .config import FrameSFTConfig
 from .evaluation import predictions_table
 from .methods import Method, Scorer, build_method
-from .modeling import load_adapter, load_base_model, load_tokenizer, pick_device, resolve_model_path
+from .modeling import load_adapter, load_base_model, load_tokenizer, resolve_model_path
+from .precision import resolve_plan
 from .runfolder import ADAPTER_DIR, check_run_folder, read_label_map, read_run_config
 from .scoring import LabelScores
 from .terminal import progress_bar
@@ -68,7 +69,7 @@ def load_classifier(run_dir: str | Path, device=None, merge: bool = True, dtype:
     labels = read_label_map(run_dir)
     model_path = resolve_model_path(config.model.base_model)
     tokenizer = load_tokenizer(model_path, config.model.trust_remote_code)
-    base = load_base_model(config, model_path, device or pick_device(config), for_training=False, labels=labels,
+    base = load_base_model(config, model_path, resolve_plan(config, device), for_training=False, labels=labels,
                            pad_token_id=tokenizer.pad_token_id)
     model = load_adapter(base, run_dir / ADAPTER_DIR)
     if merge:
@@ -82,7 +83,7 @@ def load_zero_shot(config: FrameSFTConfig, labels: list[str], device=None) -> Cl
     """The base model with no adapter: the 'before training' reference."""
     model_path = resolve_model_path(config.model.base_model)
     tokenizer = load_tokenizer(model_path, config.model.trust_remote_code)
-    model = load_base_model(config, model_path, device or pick_device(config), for_training=False, labels=labels,
+    model = load_base_model(config, model_path, resolve_plan(config, device), for_training=False, labels=labels,
                             pad_token_id=tokenizer.pad_token_id)
     model.eval()
     return Classifier(config, labels, model, tokenizer, build_method(config, tokenizer, labels))

@@ -1,15 +1,13 @@
-"""Devices, base models and tokenizers, LoRA adapters.
+"""Base models and tokenizers, LoRA adapters.
 
-The same code path takes the embedded CPU default and Mistral-7B on a GPU: the config decides the device
-(hardware.gpu), the dtype, 4-bit quantization (QLoRA) and gradient checkpointing; the method (methods/)
-decides the model class and what PEFT trains besides LoRA.
+The same code path takes the embedded CPU default and Mistral-7B on a GPU: the compute plan (precision.py)
+decides the device and the dtype, the config 4-bit quantization (QLoRA) and gradient checkpointing; the method
+(methods/) decides the model class and what PEFT trains besides LoRA.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import time
 from pathlib import Path
 
 import torch
@@ -18,6 +16,7 @@ from .config import FrameSFTConfig
 from .embedded import embedded_model_path, is_embedded
 from .errors import ConfigError
 from .methods import method_class
+from .precision import ComputePlan, settle_cpu_math_kernels
 
 log = logging.getLogger(__name__)
 
@@ -82,128 +81,6 @@ def hub_unreachable_reason(repo_id: str) -> str | None:
         return f"the hub is not reachable: {type(exc).__name__}"
 
 
-def use_gpu(config: FrameSFTConfig | None) -> bool:
-    """hardware.gpu: true requires a CUDA GPU, false keeps to the CPU, null takes a GPU when there is one."""
-    available = torch.cuda.is_available()
-    wanted = None if config is None else config.hardware.gpu
-    if wanted and not available:
-        raise ConfigError("hardware.gpu is true but PyTorch sees no CUDA GPU here (a CPU-only torch build, or "
-                          "CUDA_VISIBLE_DEVICES hides them); set hardware.gpu: false (or null) to run on the CPU")
-    return available if wanted is None else wanted
-
-
-def process_state(config: FrameSFTConfig | None = None):
-    """accelerate's view of this process (rank, world size, device); CPU processes use gloo under torchrun."""
-    from accelerate import PartialState
-
-    return PartialState(cpu=not use_gpu(config))
-
-
-def check_process_count(config: FrameSFTConfig, num_processes: int) -> None:
-    """hardware.num_gpus: the run must have one process per GPU, as many as the config says."""
-    wanted = config.hardware.num_gpus
-    if wanted and wanted != num_processes:
-        raise ConfigError(
-            f"hardware.num_gpus is {wanted} but this run has {num_processes} process(es); start it with "
-            f"`accelerate launch --num_processes {wanted} -m framesft.cli train ...` or `torchrun --nproc_per_node "
-            f"{wanted} -m framesft.cli train ...`, or set hardware.num_gpus to {num_processes} (or null)"
-        )
-
-
-def pick_device(config: FrameSFTConfig | None = None) -> torch.device:
-    return torch.device("cuda" if use_gpu(config) else "cpu")
-
-
-def cpu_supports_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-# bf16 must beat fp32 by this much in the probe below before we hold CPU weights in bf16.
-BF16_MIN_SPEEDUP = 1.2
-
-
-def measure_matmul_gflops(dtype: torch.dtype, size: int = 1024, repeats: int = 3) -> float:
-    """One measurement of this CPU's matmul rate for one dtype, in GFLOP/s (about 25 ms in fp32)."""
-    generator = torch.Generator().manual_seed(0)
-    a = torch.randn(size, size, generator=generator).to(dtype)
-    b = torch.randn(size, size, generator=generator).to(dtype)
-    a @ b  # warm-up: kernel selection and first-touch allocation
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
-
-
-@functools.cache
-def cpu_matmul_rates() -> dict[torch.dtype, float]:
-    """This CPU's matmul rates in bf16 and fp32: for each, the best of three measurements taken in turns with the
-    other (about 150 ms, once per process). Best-of and in turns, because a single measurement can be caught by
-    a passing slowdown of the machine: one each once held a 2-core Xeon's weights in bf16 at 0.6x the speed."""
-    rates = {torch.bfloat16: 0.0, torch.float32: 0.0}
-    for _ in range(3):
-        for dtype in rates:
-            rates[dtype] = max(rates[dtype], measure_matmul_gflops(dtype))
-    return rates
-
-
-def cpu_matmul_gflops(dtype: torch.dtype) -> float:
-    return cpu_matmul_rates()[dtype]
-
-
-def cpu_prefers_bf16() -> bool:
-    """Whether frozen weights should be held in bf16 on this CPU: it has native bf16 and a bf16 matmul measures
-    at least BF16_MIN_SPEEDUP times faster than fp32. Native bf16 alone is not enough: with AMX a bf16 matmul is
-    several times faster than fp32, but with AVX512-BF16 only it can be slower (measured on a 2-core Xeon without
-    AMX: 160 GFLOP/s bf16 against 300 fp32)."""
-    if not cpu_supports_bf16():
-        return False
-    return cpu_matmul_gflops(torch.bfloat16) >= BF16_MIN_SPEEDUP * cpu_matmul_gflops(torch.float32)
-
-
-def cpu_precision_note() -> str:
-    return (f"CPU matmul: bf16 {cpu_matmul_gflops(torch.bfloat16):.0f} GFLOP/s, fp32 "
-            f"{cpu_matmul_gflops(torch.float32):.0f} GFLOP/s" if cpu_supports_bf16() else "CPU has no native bf16")
-
-
-def pick_dtype(config: FrameSFTConfig, device: torch.device, for_training: bool = False) -> torch.dtype:
-    """Dtype of the frozen base weights (model.dtype). auto: bf16 on GPUs that have it, else fp16. On CPU: for
-    training, bf16 where cpu_prefers_bf16() (LoRA weights stay fp32 either way: PEFT keeps adapters in fp32);
-    for scoring, fp32: bf16 weights changed 3.7% of a trained SmolLM2 run's predictions on 300 real passages
-    (Gemma: 0.3%), short of the 99% agreement we ask before making it a default
-    (benchmarks/results/scoring_speed.json); model.dtype: bfloat16 still asks for it."""
-    chosen = config.model.dtype
-    if chosen == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if for_training and cpu_prefers_bf16() else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[chosen]
-
-
-# Elementwise ops that PyTorch hands to Intel MKL's vector math library (VML) for float32/float64 CPU tensors
-# (ATen/cpu/vml.h).
-MKL_VML_OPS = ("acos", "asin", "atan", "cos", "erf", "erfc", "erfinv", "exp", "log", "log10", "log2", "sin", "sqrt",
-               "tan", "tanh", "trunc")
-
-
-@functools.cache
-def settle_cpu_math_kernels() -> None:
-    """Call each MKL VML op once on one element, before any real work in this process.
-
-    oneMKL picks a VML function's kernel on its first call. When that first call runs on several intra-op threads
-    at once (PyTorch splits any tensor over 2,048 elements), one thread can run a low-accuracy kernel over its
-    chunk (pytorch/pytorch#188792, fixed in oneMKL 2025 and later). Here it hit the rotary embedding's `cos` in the
-    first batch of about one process in three: cos(0.3162) came out 0.9503 instead of 0.9504 and that batch's
-    scores moved by up to 4e-5, so a `framesft predict` resumed in a new process disagreed with an uninterrupted
-    one. A one-element call runs in the calling thread only, so the choice is made before threads can race."""
-    for name in MKL_VML_OPS:
-        for dtype in (torch.float32, torch.float64):
-            getattr(torch, name)(torch.full((1,), 0.5, dtype=dtype))
-
-
 def load_tokenizer(model_path: str, trust_remote_code: bool):
     from transformers import AutoTokenizer
 
@@ -219,12 +96,14 @@ def load_tokenizer(model_path: str, trust_remote_code: bool):
     return tokenizer
 
 
-def load_base_model(config: FrameSFTConfig, model_path: str, device: torch.device, for_training: bool,
+def load_base_model(config: FrameSFTConfig, model_path: str, plan: ComputePlan, for_training: bool,
                     labels: list[str] | None = None, pad_token_id: int | None = None):
-    """The base model in the class the method trains (causal LM, or with a sequence-classification head)."""
+    """The base model in the class the method trains (causal LM, or with a sequence-classification head), on the
+    plan's device in the plan's training or scoring dtype."""
     settle_cpu_math_kernels()
+    device = plan.torch_device
     method = method_class(config.method)
-    kwargs = dict(dtype=pick_dtype(config, device, for_training), trust_remote_code=config.model.trust_remote_code,
+    kwargs = dict(dtype=plan.weights_dtype(for_training), trust_remote_code=config.model.trust_remote_code,
                   **method.model_kwargs(labels, pad_token_id))
     if config.model.attn_implementation:
         kwargs["attn_implementation"] = config.model.attn_implementation

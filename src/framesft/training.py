@@ -41,8 +41,9 @@ from .methods import Method, build_method
 from .metrics import classification_metrics, headline
 from .cpu_fused import use_fused_norms, use_fused_rotary
 from .cpu_lora import use_fused_lora, use_sparse_dropout
-from .modeling import (attach_lora, check_process_count, cpu_precision_note, cpu_supports_bf16, load_base_model,
-                       load_tokenizer, pick_dtype, process_state, resolve_model_path)
+from .modeling import attach_lora, load_base_model, load_tokenizer, resolve_model_path
+from .precision import (FUSED_LORA, FUSED_NORMS, FUSED_ROTARY, SPARSE_DROPOUT, ComputePlan, check_process_count,
+                        process_state, resolve_plan)
 from .run_report import render_report
 from .runfolder import (CONFIG_FILE, SUMMARY_FILE, TRAINER_STATE_FILE, attach_log_file, checkpoint_folder,
                         detach_log_file, prepare_run_folder, read_run_config, save_adapter, validate_checkpoint,
@@ -82,6 +83,8 @@ def train(config: FrameSFTConfig, run_dir: str | Path | None = None, overwrite: 
                 warn_if_config_changed(run_dir, config)
             write_text(run_dir / CONFIG_FILE, config.to_yaml())
         log.info("processes: %d (device %s)", state.num_processes, state.device)
+        plan = resolve_plan(config, state.device)  # dtypes, autocast, fused CPU ops: decided once, here
+        log.info(plan.line())
 
         # 1. tokenizer, data and method: everything that bad input can break, before any training
         tokenizer = load_tokenizer(model_path, config.model.trust_remote_code)
@@ -93,8 +96,8 @@ def train(config: FrameSFTConfig, run_dir: str | Path | None = None, overwrite: 
 
         # 2. model with LoRA, and the trainer
         def build(config: FrameSFTConfig) -> LabelTrainer:
-            model = lora_model(config, model_path, method, data.labels, state.device)
-            return build_trainer(config, model, method, data, run_dir, state, show_progress)
+            model = lora_model(config, model_path, method, data.labels, plan)
+            return build_trainer(config, model, method, data, run_dir, state, plan, show_progress)
 
         trainer = build(config)
 
@@ -111,8 +114,8 @@ def train(config: FrameSFTConfig, run_dir: str | Path | None = None, overwrite: 
             write_json(run_dir / TRAINER_STATE_FILE, dataclasses.asdict(trainer.state))
             # Without the trainer's mixed-precision wrapper: the run's final metrics are then the ones that
             # `framesft evaluate` reproduces from the saved adapter, not a bf16-autocast variant of them.
-            classifier = final_classifier(trainer, config, data.labels, method, run_dir, state.device)
-            evaluate_and_summarise(result, classifier, data, trainer, show_progress)
+            classifier = final_classifier(trainer, config, data.labels, method, run_dir, plan)
+            evaluate_and_summarise(result, classifier, data, trainer, plan, show_progress)
         state.wait_for_everyone()
         return result
     except BaseException:
@@ -129,12 +132,12 @@ def train(config: FrameSFTConfig, run_dir: str | Path | None = None, overwrite: 
 
 
 def final_classifier(trainer: LabelTrainer, config: FrameSFTConfig, labels: list[str], method: Method,
-                     run_dir: Path, device: torch.device) -> Classifier:
+                     run_dir: Path, plan: ComputePlan) -> Classifier:
     """The trained model as `framesft evaluate` will load it, so that the run's final metrics are the ones the
     saved adapter reproduces: merged, without the trainer's mixed-precision wrapper, and reloaded from the run
     folder where scoring uses other base weights than training did (bf16 for training, fp32 for scoring on CPU)."""
-    if pick_dtype(config, device, for_training=True) != pick_dtype(config, device, for_training=False):
-        return load_classifier(run_dir, device)
+    if plan.reloads_for_scoring:
+        return load_classifier(run_dir, plan.torch_device)
     final_model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
     return Classifier(config, labels, merged_for_scoring(final_model), method.tokenizer, method)
 
@@ -148,22 +151,28 @@ def warn_if_config_changed(run_dir: Path, config: FrameSFTConfig) -> None:
 # ------------------------------------------------------------------------------------------ model and trainer
 
 
-def lora_model(config: FrameSFTConfig, model_path: str, method: Method, labels: list[str], device: torch.device):
-    base = load_base_model(config, model_path, device, for_training=True, labels=labels,
+def lora_model(config: FrameSFTConfig, model_path: str, method: Method, labels: list[str], plan: ComputePlan):
+    base = load_base_model(config, model_path, plan, for_training=True, labels=labels,
                            pad_token_id=method.tokenizer.pad_token_id)
     model = attach_lora(base, config)
-    if device.type == "cpu":  # cpu_lora.py, cpu_fused.py: dropout's draws and memory-bound passes dominate a step
-        use_sparse_dropout(model)
-        use_fused_lora(model)
-        use_fused_norms(model)
-        use_fused_rotary(model)
+    install_fused_cpu_ops(model, plan)
     trainable, total = model.get_nb_trainable_parameters()
     log.info("LoRA: %s trainable of %s parameters (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
     return model
 
 
+# cpu_lora.py, cpu_fused.py: on CPU dropout's draws and memory-bound passes dominate a step
+FUSED_CPU_OPS = {SPARSE_DROPOUT: use_sparse_dropout, FUSED_LORA: use_fused_lora, FUSED_NORMS: use_fused_norms,
+                 FUSED_ROTARY: use_fused_rotary}
+
+
+def install_fused_cpu_ops(model, plan: ComputePlan) -> dict[str, int]:
+    """The plan's fused CPU operations, installed on the model; how many layers (or modules) each replaced."""
+    return {name: FUSED_CPU_OPS[name](model) for name in plan.fused_cpu_ops}
+
+
 def build_trainer(config: FrameSFTConfig, model, method: Method, data: RunData, run_dir: Path, state,
-                  show_progress: bool) -> LabelTrainer:
+                  plan: ComputePlan, show_progress: bool) -> LabelTrainer:
     text_column, label_column = config.data.text_column, config.data.label_column
     train_examples = [method.encode_example(text, label)
                       for text, label in zip(data.train[text_column], data.train[label_column])]
@@ -173,7 +182,7 @@ def build_trainer(config: FrameSFTConfig, model, method: Method, data: RunData, 
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.training.early_stopping_patience))
     trainer = LabelTrainer(
         model=model,
-        args=training_arguments(config, checkpoint_folder(config, run_dir), report_to, state.device),
+        args=training_arguments(config, checkpoint_folder(config, run_dir), report_to, plan),
         train_dataset=train_examples,
         eval_dataset=train_examples[:1],  # unused: LabelTrainer.evaluate scores the validation set itself
         data_collator=method.collator(),
@@ -188,11 +197,10 @@ def build_trainer(config: FrameSFTConfig, model, method: Method, data: RunData, 
 
 
 def training_arguments(config: FrameSFTConfig, checkpoint_dir: Path, report_to: list[str],
-                       device: torch.device) -> TrainingArguments:
+                       plan: ComputePlan) -> TrainingArguments:
     t = config.training
     per_epoch = t.eval_steps is None
-    bf16 = mixed_precision_bf16(config, device)
-    if t.fp16 and device.type != "cuda":
+    if t.fp16 and plan.device != "cuda":
         raise FrameSFTError("training.fp16 needs a CUDA GPU; on CPU set it to false (training.bf16 uses native "
                             "bf16 where the CPU has it)")
     return TrainingArguments(
@@ -217,8 +225,8 @@ def training_arguments(config: FrameSFTConfig, checkpoint_dir: Path, report_to: 
         load_best_model_at_end=True,
         metric_for_best_model=config.evaluation.metric,
         greater_is_better=True,
-        bf16=bf16,
-        fp16=t.fp16,
+        bf16=plan.autocast == "bf16",
+        fp16=plan.autocast == "fp16",
         seed=t.seed,
         data_seed=t.seed,
         report_to=report_to or "none",
@@ -226,24 +234,8 @@ def training_arguments(config: FrameSFTConfig, checkpoint_dir: Path, report_to: 
         remove_unused_columns=False,
         train_sampling_strategy="group_by_length",
         dataloader_num_workers=0,
-        use_cpu=device.type == "cpu",
+        use_cpu=plan.device == "cpu",
     )
-
-
-def mixed_precision_bf16(config: FrameSFTConfig, device: torch.device) -> bool:
-    """Whether the trainer runs under bf16 autocast. On a GPU: training.bf16. On a CPU only where the frozen base
-    weights are held in bf16 (model.dtype, see modeling.pick_dtype): autocast over fp32 weights would cast every
-    frozen weight at every step, and on CPUs whose bf16 matmul is slower than fp32 it is slower still."""
-    if not config.training.bf16 or device.type == "cuda":
-        return config.training.bf16
-    if pick_dtype(config, device, for_training=True) != torch.bfloat16:
-        why = ("model.dtype is float32" if config.model.dtype == "float32"
-               else f"bf16 is not faster than fp32 on this CPU ({cpu_precision_note()})")
-        log.info("training.bf16: training in fp32 because %s; model.dtype: bfloat16 forces bf16", why)
-        return False
-    if not cpu_supports_bf16():
-        log.warning("model.dtype is bfloat16 but this CPU has no native bf16: every bf16 operation is emulated")
-    return True
 
 
 class LabelTrainer(Trainer):
@@ -399,7 +391,7 @@ def free_accelerator_memory() -> None:
 
 
 def evaluate_and_summarise(result: TrainResult, classifier: Classifier, data: RunData, trainer: LabelTrainer,
-                           show_progress: bool) -> None:
+                           plan: ComputePlan, show_progress: bool) -> None:
     """Final metrics of the best checkpoint on validation (and test) data, written into the run folder."""
     text_col, label_col = classifier.config.data.text_column, classifier.config.data.label_column
     splits = {"validation": data.validation, **({"test": data.test} if data.test is not None else {})}
@@ -425,6 +417,7 @@ def evaluate_and_summarise(result: TrainResult, classifier: Classifier, data: Ru
         "train_examples": len(trainer.train_dataset),
         "train_tokens_per_epoch": sum(len(e["input_ids"]) for e in trainer.train_dataset),
         "processes": trainer.args.world_size,
+        "compute_plan": plan.to_dict(),
         "metrics": {split: headline(m) for split, m in result.metrics.items()},
     })
     log_final_metrics(result.metrics)

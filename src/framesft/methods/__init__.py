@@ -75,8 +75,8 @@ class Method:
     def collator(self) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
         raise NotImplementedError
 
-    @staticmethod
-    def loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def loss(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The training loss of one micro-batch (with training.label_smoothing)."""
         raise NotImplementedError
 
     def scorer(self, model) -> Scorer:

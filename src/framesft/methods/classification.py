@@ -62,9 +62,8 @@ class ClassificationHead(Method):
     def collator(self) -> HeadCollator:
         return HeadCollator(self.tokenizer.pad_token_id)
 
-    @staticmethod
-    def loss(model, batch):
-        return head_loss(model, batch)
+    def loss(self, model, batch):
+        return head_loss(model, batch, self.config.training.label_smoothing)
 
     def scorer(self, model) -> HeadScorer:
         evaluation = self.config.evaluation
@@ -89,9 +88,9 @@ class HeadCollator:
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def head_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def head_loss(model, batch: dict[str, torch.Tensor], label_smoothing: float = 0.0) -> torch.Tensor:
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return F.cross_entropy(logits.float(), batch["labels"])
+    return F.cross_entropy(logits.float(), batch["labels"], label_smoothing=label_smoothing)
 
 
 class HeadScorer:

@@ -44,9 +44,8 @@ class GenerativeSFT(Method):
     def collator(self) -> AnswerOnlyCollator:
         return AnswerOnlyCollator(self.tokenizer.pad_token_id)
 
-    @staticmethod
-    def loss(model, batch):
-        return answer_only_loss(model, batch)
+    def loss(self, model, batch):
+        return answer_only_loss(model, batch, self.config.training.label_smoothing)
 
     def scorer(self, model) -> LabelScorer:
         evaluation = self.config.evaluation
@@ -74,8 +73,9 @@ class AnswerOnlyCollator:
         return {"input_ids": ids, "attention_mask": mask, "position_ids": positions_from_mask(mask), "labels": labels}
 
 
-def answer_only_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean cross-entropy over the answer tokens, projecting to the vocabulary only where they are.
+def answer_only_loss(model, batch: dict[str, torch.Tensor], label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy over the answer tokens (with training.label_smoothing), projecting to the vocabulary
+    only where they are.
 
     With left padding the answers end every row; the last K+1 positions (K = longest answer in the batch)
     hold every logit the loss needs, so the LM head never runs over the prompt.
@@ -91,7 +91,8 @@ def answer_only_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     )
     logits = outputs.logits[:, :-1].float()  # position t predicts token t+1
     targets = labels[:, -answer_width:]
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX,
+                           label_smoothing=label_smoothing)
 
 
 def full_sequence_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:

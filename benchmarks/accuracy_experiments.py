@@ -1,0 +1,317 @@
+"""The accuracy campaign's fixed protocol: train each recipe on train_data.csv in its own process, score it on
+dev_data.csv, and compare it with the shipped default trained with the same seed.
+
+    .venv/bin/python benchmarks/accuracy_experiments.py default epochs2 --seeds 42 43
+    .venv/bin/python benchmarks/accuracy_experiments.py --list
+    .venv/bin/python benchmarks/accuracy_experiments.py lr1e-4 --seeds 42 --max-steps 120   # a cheap screen
+
+A recipe is a named set of `--set` overrides of configs/gemma3-brexit.yaml (RECIPES below). For each recipe and
+seed the script runs `framesft train` in a new process (run folder benchmarks/work/accuracy/<budget>/<recipe>-s<seed>;
+an existing complete one is reused with --reuse), reads the run's predictions on dev_data.csv (its test split)
+and appends one entry to benchmarks/results/accuracy_experiments.json with:
+- dev F1 macro with its 95% bootstrap interval, accuracy, per-class F1, Krippendorff's alpha (model vs gold) with
+  its interval;
+- the paired bootstrap difference in F1 macro and McNemar's test against `default` at the same seed and budget
+  (when that entry exists), as `framesft compare` computes them;
+- training minutes, the CPU it ran on (model name, AMX/AVX512-BF16 flags, matmul roof), the command;
+- the dev labels and calibrated probabilities, so that seeds can be pooled and ensembles scored from the JSON.
+Every recipe tried is kept, helpful or not: entries are appended, never replaced.
+
+`--summary` prints the table of all entries (per recipe: mean over seeds, and the paired differences).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from framesft.metrics import classification_metrics
+from framesft.reliability import agreement
+from framesft.statistics import bootstrap_intervals, paired_comparison
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data" / "brexit"
+CONFIG = REPO / "configs" / "gemma3-brexit.yaml"
+WORK = REPO / "benchmarks" / "work" / "accuracy"
+RESULTS = REPO / "benchmarks" / "results" / "accuracy_experiments.json"
+DEFAULT_SEEDS = (42, 43)  # 42 is the shipped config's seed
+
+
+@dataclass(frozen=True)
+class Recipe:
+    description: str
+    overrides: list[str] = field(default_factory=list)
+    training_rows: str = "all"  # "all": train_data.csv as it is; "originals": one row per near-duplicate group
+
+
+RECIPES = {
+    "default": Recipe("configs/gemma3-brexit.yaml as shipped (1 epoch, lr 2e-4, LoRA r 16, label definitions)"),
+    "epochs2": Recipe("2 epochs", ["training.num_epochs=2"]),
+    "lr1e-4": Recipe("learning rate 1e-4", ["training.learning_rate=1e-4"]),
+    "lr4e-4": Recipe("learning rate 4e-4", ["training.learning_rate=4e-4"]),
+    "rank32": Recipe("LoRA r 32, alpha 64", ["training.lora_r=32", "training.lora_alpha=64"]),
+    "rank8": Recipe("LoRA r 8, alpha 16", ["training.lora_r=8", "training.lora_alpha=16"]),
+    "cosine": Recipe("cosine schedule (default: linear)", ["training.lr_scheduler=cosine"]),
+    "no-definitions": Recipe("prompt without the label definitions", ["prompt.label_definitions=null"]),
+    "smoothing0.1": Recipe("label smoothing 0.1", ["training.label_smoothing=0.1"]),
+    "originals": Recipe("one row per near-duplicate group (1,547 passages, the rewrites dropped)",
+                        training_rows="originals"),
+    "originals-2ep": Recipe("one row per near-duplicate group, 2 epochs (about the default's cost)",
+                            ["training.num_epochs=2"], training_rows="originals"),
+}
+
+
+def training_file(rows: str) -> Path:
+    """train_data.csv, or a variant of it written under benchmarks/work (never into the repository)."""
+    source = SHARED / "train_data.csv"
+    if rows == "all":
+        return source
+    from framesft.checks import near_duplicate_groups
+
+    table = pd.read_csv(source, dtype=str, keep_default_na=False)
+    if rows != "originals":
+        raise ValueError(rows)
+    # The data check's paraphrase groups (threshold 0.3): the first row of each group stands for it.
+    table = table.assign(group=near_duplicate_groups(table["chunk_text"].tolist(), 0.3)).drop_duplicates("group")
+    path = WORK / "data" / f"train_{rows}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.drop(columns="group").to_csv(path, index=False)
+    return path
+
+
+def cpu_facts() -> dict:
+    """Which kind of CPU a result came from: figures from AMX and non-AMX machines are never mixed up."""
+    from framesft.precision import measure_matmul_gflops
+
+    import torch
+
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in flags.splitlines() if line.startswith("model name")),
+                 platform.processor())
+    return {"model": model, "cores": os.cpu_count(), "amx_bf16": "amx_bf16" in flags,
+            "avx512_bf16": "avx512_bf16" in flags,
+            "fp32_matmul_gflops": round(max(measure_matmul_gflops(torch.float32) for _ in range(3)), 1)}
+
+
+def run_folder(recipe: str, seed: int, budget: str) -> Path:
+    return WORK / budget / f"{recipe}-s{seed}"
+
+
+def budget_name(max_steps: int | None) -> str:
+    return "full" if not max_steps else f"steps{max_steps}"
+
+
+def train_command(recipe: Recipe, seed: int, max_steps: int | None, run_dir: Path) -> list[str]:
+    overrides = [*recipe.overrides, f"training.seed={seed}", f"data.data_dir={SHARED}",
+                 f"data.train_csv={training_file(recipe.training_rows)}",
+                 f"data.test_csv={SHARED / 'dev_data.csv'}", "tracking.report_to=none"]
+    if max_steps:
+        overrides.append(f"training.max_steps={max_steps}")
+    command = [sys.executable, "-m", "framesft.cli", "--quiet", "train", str(CONFIG), "--run-dir", str(run_dir),
+               "--overwrite"]
+    for override in overrides:
+        command += ["--set", override]
+    return command
+
+
+def run_is_complete(run_dir: Path) -> bool:
+    return (run_dir / "run_summary.json").is_file() and (run_dir / "predictions_test.csv").is_file()
+
+
+def dev_entry(name: str, recipe: Recipe, seed: int, budget: str, run_dir: Path, command: list[str],
+              wall_minutes: float | None, cpu: dict) -> dict:
+    """One result: the run's predictions on dev_data.csv, scored with intervals."""
+    summary = json.loads((run_dir / "run_summary.json").read_text())
+    predictions = pd.read_csv(run_dir / "predictions_test.csv", dtype={"label": str, "predicted": str},
+                              keep_default_na=False)
+    labels = [c[2:] for c in predictions.columns if c.startswith("p_")]
+    truth, predicted = predictions["label"].tolist(), predictions["predicted"].tolist()
+    metrics = classification_metrics(truth, predicted, labels)
+    intervals = bootstrap_intervals(truth, predicted, labels)
+    alpha = agreement([truth, predicted], labels)
+    return {
+        "recipe": name,
+        "description": recipe.description,
+        "overrides": recipe.overrides,
+        "training_rows": recipe.training_rows,
+        "seed": seed,
+        "budget": budget,
+        "dev_f1_macro": round(metrics["f1_macro"], 4),
+        "dev_f1_macro_ci95": [round(v, 3) for v in intervals["f1_macro"]],
+        "dev_accuracy": round(metrics["accuracy"], 4),
+        "dev_per_class_f1": {label: round(metrics["per_class"][label]["f1"], 3) for label in labels},
+        "alpha": round(alpha["krippendorff_alpha"], 4),
+        "alpha_ci95": [round(v, 3) for v in alpha["alpha_ci95"]],
+        "validation_f1_macro": summary["metrics"].get("validation", {}).get("f1_macro"),
+        "train_minutes": round(summary["train_seconds"] / 60, 1),
+        "wall_minutes": None if wall_minutes is None else round(wall_minutes, 1),
+        "global_step": summary["global_step"],
+        "cpu": cpu,
+        "command": shlex.join(str(c) for c in command).replace(str(REPO) + "/", ""),
+        "run_dir": str(run_dir.relative_to(REPO)) if run_dir.is_relative_to(REPO) else str(run_dir),
+        "date": time.strftime("%Y-%m-%d"),
+        "labels": labels,
+        "dev_truth": truth,
+        "dev_predicted": predicted,
+        "dev_probabilities": np.round(predictions[[f"p_{label}" for label in labels]].to_numpy(), 4).tolist(),
+    }
+
+
+def paired_with_default(entry: dict, entries: list[dict]) -> dict | None:
+    """The newest `default` entry of the same seed and budget, compared passage by passage."""
+    baseline = next((e for e in reversed(entries) if e["recipe"] == "default" and e["seed"] == entry["seed"]
+                     and e["budget"] == entry["budget"] and e["dev_truth"] == entry["dev_truth"]), None)
+    if baseline is None or entry["recipe"] == "default":
+        return None
+    result = paired_comparison(entry["dev_truth"], entry["dev_predicted"], baseline["dev_predicted"], entry["labels"])
+    return {"against": f"default seed {baseline['seed']} ({baseline['date']})",
+            "f1_macro_difference": round(result["f1_macro_difference"], 4),
+            "ci95": [round(v, 3) for v in result["ci95"]],
+            "only_recipe_correct": result["only_a_correct"], "only_default_correct": result["only_b_correct"],
+            "mcnemar_p": round(result["mcnemar_p"], 4)}
+
+
+def ensemble_entry(recipe: str, budget: str, entries: list[dict]) -> dict:
+    """The members of one recipe (its newest entry per seed) as an ensemble: the average of their calibrated
+    log-probabilities, scored like a single run; its training cost is the sum of its members'."""
+    members = {}
+    for e in entries:
+        if e["recipe"] == recipe and e["budget"] == budget:
+            members[e["seed"]] = e
+    if len(members) < 2:
+        raise SystemExit(f"--ensemble {recipe}: needs entries of at least two seeds at budget {budget}")
+    members = [members[seed] for seed in sorted(members)]
+    labels, truth = members[0]["labels"], members[0]["dev_truth"]
+    log_probabilities = np.mean([np.log(np.clip(m["dev_probabilities"], 1e-12, 1)) for m in members], axis=0)
+    probabilities = np.exp(log_probabilities)
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    predicted = [labels[i] for i in probabilities.argmax(axis=1)]
+    metrics = classification_metrics(truth, predicted, labels)
+    intervals = bootstrap_intervals(truth, predicted, labels)
+    alpha = agreement([truth, predicted], labels)
+    seeds = [m["seed"] for m in members]
+    entry = {
+        "recipe": f"ensemble:{recipe}",
+        "description": f"average of the calibrated log-probabilities of {recipe} seeds {seeds}",
+        "overrides": members[0]["overrides"], "seed": seeds, "budget": budget,
+        "dev_f1_macro": round(metrics["f1_macro"], 4),
+        "dev_f1_macro_ci95": [round(v, 3) for v in intervals["f1_macro"]],
+        "dev_accuracy": round(metrics["accuracy"], 4),
+        "dev_per_class_f1": {label: round(metrics["per_class"][label]["f1"], 3) for label in labels},
+        "alpha": round(alpha["krippendorff_alpha"], 4), "alpha_ci95": [round(v, 3) for v in alpha["alpha_ci95"]],
+        "validation_f1_macro": None,
+        "train_minutes": round(sum(m["train_minutes"] for m in members), 1), "wall_minutes": None,
+        "global_step": None, "cpu": members[0]["cpu"],
+        "command": f"benchmarks/accuracy_experiments.py --ensemble {recipe}"
+                   + (f" --max-steps {budget[5:]}" if budget != "full" else ""),
+        "run_dir": None, "date": time.strftime("%Y-%m-%d"), "labels": labels, "dev_truth": truth,
+        "dev_predicted": predicted, "dev_probabilities": np.round(probabilities, 4).tolist(),
+    }
+    entry["paired_with_default"] = None  # see paired_with_members (for ensemble:default, its members are it)
+    entry["paired_with_members"] = {}
+    for m in members:
+        result = paired_comparison(truth, predicted, m["dev_predicted"], labels)
+        entry["paired_with_members"][f"seed {m['seed']}"] = {
+            "f1_macro_difference": round(result["f1_macro_difference"], 4),
+            "ci95": [round(v, 3) for v in result["ci95"]], "mcnemar_p": round(result["mcnemar_p"], 4)}
+    return entry
+
+
+def load_entries() -> list[dict]:
+    return json.loads(RESULTS.read_text())["entries"] if RESULTS.is_file() else []
+
+
+def save_entries(entries: list[dict]) -> None:
+    document = {"benchmark": "accuracy campaign on dev_data.csv (150 hand-coded passages, natural distribution)",
+                "protocol": __doc__.split("\n\n")[2].strip(), "entries": entries}
+    tmp = RESULTS.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(document, indent=1) + "\n")
+    tmp.replace(RESULTS)
+
+
+def paired_cell(result: dict) -> str:
+    low, high = result["ci95"]
+    return f"{result['f1_macro_difference']:+.3f} ({low:+.3f}, {high:+.3f}), p={result['mcnemar_p']:.2f}"
+
+
+def summary_table(entries: list[dict]) -> str:
+    rows = ["| recipe | budget | seed | dev F1 macro (95% CI) | alpha (95% CI) | paired difference in F1 macro "
+            "(95% CI), McNemar p | train min | CPU |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for e in entries:
+        if e.get("paired_with_default"):
+            versus = "vs default: " + paired_cell(e["paired_with_default"])
+        else:
+            versus = "; ".join(f"vs {k}: {paired_cell(v)}" for k, v in e.get("paired_with_members", {}).items())
+        kind = "AMX" if e["cpu"]["amx_bf16"] else ("AVX512-BF16" if e["cpu"]["avx512_bf16"] else "no AVX512-BF16")
+        rows.append(f"| {e['recipe']} | {e['budget']} | {e['seed']} | {e['dev_f1_macro']:.3f} "
+                    f"({e['dev_f1_macro_ci95'][0]:.2f}-{e['dev_f1_macro_ci95'][1]:.2f}) | {e['alpha']:.3f} "
+                    f"({e['alpha_ci95'][0]:.2f}-{e['alpha_ci95'][1]:.2f}) | {versus} | {e['train_minutes']} | {kind} |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipes", nargs="*", help="recipe names (see --list)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
+    parser.add_argument("--max-steps", type=int, help="a screening budget: stop every run after this many steps")
+    parser.add_argument("--reuse", action="store_true", help="score an existing complete run folder, do not retrain")
+    parser.add_argument("--list", action="store_true", help="list the recipes and stop")
+    parser.add_argument("--summary", action="store_true", help="print the table of all entries and stop")
+    parser.add_argument("--ensemble", metavar="RECIPE",
+                        help="score the recipe's seeds (already in the JSON) as one ensemble, append it, stop")
+    args = parser.parse_args()
+    if args.list:
+        for name, recipe in RECIPES.items():
+            print(f"{name:16} {recipe.description}  {' '.join(recipe.overrides)}")
+        return
+    if args.summary:
+        print(summary_table(load_entries()))
+        return
+    if args.ensemble:
+        entries = load_entries()
+        entry = ensemble_entry(args.ensemble, budget_name(args.max_steps), entries)
+        entries.append(entry)
+        save_entries(entries)
+        print(summary_table([entry]))
+        return
+    unknown = [r for r in args.recipes if r not in RECIPES]
+    if unknown or not args.recipes:
+        parser.error(f"unknown recipe(s) {unknown}; choose from {sorted(RECIPES)}" if unknown else "name a recipe")
+    if not SHARED.is_dir():
+        parser.error(f"{SHARED} is missing: the campaign reads ../shared/data/brexit beside the repository")
+
+    cpu = cpu_facts()
+    budget = budget_name(args.max_steps)
+    for name in args.recipes:
+        for seed in args.seeds:
+            recipe, run_dir = RECIPES[name], run_folder(name, seed, budget)
+            command = train_command(recipe, seed, args.max_steps, run_dir)
+            wall = None
+            if not (args.reuse and run_is_complete(run_dir)):
+                print(f"[{time.strftime('%H:%M')}] training {name} seed {seed} ({budget}): {shlex.join(command)}",
+                      flush=True)
+                run_dir.parent.mkdir(parents=True, exist_ok=True)
+                started = time.perf_counter()
+                subprocess.run(command, check=True, cwd=REPO)
+                wall = (time.perf_counter() - started) / 60
+            entries = load_entries()
+            entry = dev_entry(name, recipe, seed, budget, run_dir, command, wall, cpu)
+            entry["paired_with_default"] = paired_with_default(entry, entries)
+            entries.append(entry)
+            save_entries(entries)
+            print(summary_table([entry]).splitlines()[-1], flush=True)
+
+
+if __name__ == "__main__":
+    main()

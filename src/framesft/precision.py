@@ -1,0 +1,248 @@
+"""How a process computes: device, weight dtypes, mixed precision and the CPU training operations framesft fuses,
+decided once per process (`resolve_plan`), logged in one line, stored in run_summary.json and passed down.
+
+On a GPU the config decides. On a CPU the machine does too, and CPUs differ a lot: with AMX a bf16 matmul runs
+several times faster than fp32, with AVX512-BF16 alone it runs at about half the fp32 rate, and without either
+bf16 is emulated. So where the CPU has native bf16 the plan measures both rates (`cpu_matmul_rates`) instead of
+guessing from the flags. Tests pin the plan they depend on (model.dtype, or a patched `cpu_matmul_rates`), so the
+suite takes the same paths on every CPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .config import FrameSFTConfig
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# bf16 must beat fp32 by this much in the matmul probe before CPU training holds its frozen weights in bf16.
+BF16_MIN_SPEEDUP = 1.2
+
+# The operations of cpu_lora.py and cpu_fused.py that CPU training installs, by name.
+SPARSE_DROPOUT, FUSED_LORA, FUSED_NORMS, FUSED_ROTARY = "sparse_dropout", "fused_lora", "fused_norms", "fused_rotary"
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# ------------------------------------------------------------------------------------------ the device
+
+
+def use_gpu(config: FrameSFTConfig | None) -> bool:
+    """hardware.gpu: true requires a CUDA GPU, false keeps to the CPU, null takes a GPU when there is one."""
+    available = torch.cuda.is_available()
+    wanted = None if config is None else config.hardware.gpu
+    if wanted and not available:
+        raise ConfigError("hardware.gpu is true but PyTorch sees no CUDA GPU here (a CPU-only torch build, or "
+                          "CUDA_VISIBLE_DEVICES hides them); set hardware.gpu: false (or null) to run on the CPU")
+    return available if wanted is None else wanted
+
+
+def pick_device(config: FrameSFTConfig | None = None) -> torch.device:
+    return torch.device("cuda" if use_gpu(config) else "cpu")
+
+
+def process_state(config: FrameSFTConfig | None = None):
+    """accelerate's view of this process (rank, world size, device); CPU processes use gloo under torchrun."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not use_gpu(config))
+
+
+def check_process_count(config: FrameSFTConfig, num_processes: int) -> None:
+    """hardware.num_gpus: the run must have one process per GPU, as many as the config says."""
+    wanted = config.hardware.num_gpus
+    if wanted and wanted != num_processes:
+        raise ConfigError(
+            f"hardware.num_gpus is {wanted} but this run has {num_processes} process(es); start it with "
+            f"`accelerate launch --num_processes {wanted} -m framesft.cli train ...` or `torchrun --nproc_per_node "
+            f"{wanted} -m framesft.cli train ...`, or set hardware.num_gpus to {num_processes} (or null)"
+        )
+
+
+# ------------------------------------------------------------------------------------------ the CPU
+
+
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+
+
+def cpu_model_name() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
+                "unknown")
+
+
+def cpu_supports_bf16() -> bool:
+    """Native bf16 instructions (AVX512-BF16 or AMX); without them torch emulates bf16 arithmetic."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+def measure_matmul_gflops(dtype: torch.dtype, size: int = 1024, repeats: int = 3) -> float:
+    """One measurement of this CPU's matmul rate for one dtype, in GFLOP/s (about 25 ms in fp32)."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator).to(dtype)
+    b = torch.randn(size, size, generator=generator).to(dtype)
+    a @ b  # warm-up: kernel selection and first-touch allocation
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+@functools.cache
+def cpu_matmul_rates() -> dict[torch.dtype, float]:
+    """This CPU's matmul rates in bf16 and fp32: for each, the best of three measurements taken in turns with the
+    other (about 150 ms, once per process). Best-of and in turns, because a single measurement can be caught by a
+    passing slowdown of the machine (one once chose bf16 at 0.6x the speed)."""
+    rates = {torch.bfloat16: 0.0, torch.float32: 0.0}
+    for _ in range(3):
+        for dtype in rates:
+            rates[dtype] = max(rates[dtype], measure_matmul_gflops(dtype))
+    return rates
+
+
+def cpu_prefers_bf16() -> bool:
+    """Whether frozen weights should be held in bf16 for CPU training: the CPU has native bf16 and a bf16 matmul
+    measures at least BF16_MIN_SPEEDUP times faster than fp32 (AMX, not AVX512-BF16 alone)."""
+    if not cpu_supports_bf16():
+        return False
+    rates = cpu_matmul_rates()
+    return rates[torch.bfloat16] >= BF16_MIN_SPEEDUP * rates[torch.float32]
+
+
+@dataclass(frozen=True)
+class CpuFacts:
+    """Which CPU a plan (and a benchmark figure) comes from: figures from AMX and other CPUs are never mixed up."""
+
+    model: str
+    amx_bf16: bool
+    avx512_bf16: bool
+    fp32_gflops: float | None = None  # measured only where the choice depends on it
+    bf16_gflops: float | None = None
+
+    @property
+    def kind(self) -> str:
+        return "AMX" if self.amx_bf16 else ("AVX512-BF16" if self.avx512_bf16 else "no native bf16")
+
+
+def cpu_facts(measured: bool) -> CpuFacts:
+    flags = cpu_flags()
+    rates = cpu_matmul_rates() if measured else {}
+    return CpuFacts(cpu_model_name(), "amx_bf16" in flags, "avx512_bf16" in flags,
+                    round(rates[torch.float32], 1) if rates else None,
+                    round(rates[torch.bfloat16], 1) if rates else None)
+
+
+# Elementwise ops that PyTorch hands to Intel MKL's vector math library (VML) for float32/float64 CPU tensors
+# (ATen/cpu/vml.h).
+MKL_VML_OPS = ("acos", "asin", "atan", "cos", "erf", "erfc", "erfinv", "exp", "log", "log10", "log2", "sin", "sqrt",
+               "tan", "tanh", "trunc")
+
+
+@functools.cache
+def settle_cpu_math_kernels() -> None:
+    """Call each MKL VML op once on one element, before any real work in this process.
+
+    oneMKL picks a VML function's kernel on its first call; when that first call runs on several intra-op threads
+    at once, one thread can run a low-accuracy kernel over its chunk (pytorch/pytorch#188792), so the same batch
+    could score differently in two processes. A one-element call runs in the calling thread only, so the choice is
+    made before threads can race."""
+    for name in MKL_VML_OPS:
+        for dtype in (torch.float32, torch.float64):
+            getattr(torch, name)(torch.full((1,), 0.5, dtype=dtype))
+
+
+# ------------------------------------------------------------------------------------------ the plan
+
+
+@dataclass(frozen=True)
+class ComputePlan:
+    """Everything that decides how this process computes; see resolve_plan."""
+
+    device: str                       # "cpu" or "cuda"
+    training_weights: str             # dtype of the frozen base weights while training ("float32", "bfloat16", ...)
+    scoring_weights: str              # dtype of the base weights for scoring (evaluate, predict, final metrics)
+    autocast: str | None              # mixed precision the trainer runs under: "bf16", "fp16" or None
+    fused_cpu_ops: tuple[str, ...]    # framesft's CPU training operations installed (cpu_lora.py, cpu_fused.py)
+    cpu: CpuFacts | None              # None on a GPU
+    reason: str                       # why these dtypes
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device)
+
+    def weights_dtype(self, for_training: bool) -> torch.dtype:
+        return DTYPES[self.training_weights if for_training else self.scoring_weights]
+
+    @property
+    def reloads_for_scoring(self) -> bool:
+        """Training and scoring hold the base weights in different dtypes: the final metrics come from the run
+        reloaded as `framesft evaluate` loads it."""
+        return self.training_weights != self.scoring_weights
+
+    def line(self) -> str:
+        fused = ", ".join(self.fused_cpu_ops) or "none"
+        text = (f"compute plan: {self.device}; training weights {self.training_weights}, autocast "
+                f"{self.autocast or 'off'}, fused CPU ops: {fused}; scoring weights {self.scoring_weights} ({self.reason})")
+        if self.cpu is not None:
+            rates = (f", matmul fp32 {self.cpu.fp32_gflops:.0f} / bf16 {self.cpu.bf16_gflops:.0f} GFLOP/s"
+                     if self.cpu.fp32_gflops else "")
+            text += f"; CPU {self.cpu.model} ({self.cpu.kind}{rates})"
+        return text
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "fused_cpu_ops": list(self.fused_cpu_ops), "line": self.line()}
+
+
+def resolve_plan(config: FrameSFTConfig, device: torch.device | None = None) -> ComputePlan:
+    """The one place that decides device, weight dtypes, autocast and fused CPU operations for a config.
+
+    model.dtype auto: on a GPU bf16 where supported, else fp16. On a CPU fp32 for scoring on every CPU (bf16
+    weights changed a few percent of predictions, short of the agreement we ask of a default), and for training
+    bf16 only where cpu_prefers_bf16() (AMX); the LoRA weights stay fp32 either way. An explicit model.dtype is
+    obeyed for both. Autocast on a CPU only over bf16 weights (over fp32 weights it would cast every frozen weight
+    at every step). The fused CPU operations are written for float32 without autocast; over bf16 weights only the
+    sparse dropout runs."""
+    device = device or pick_device(config)
+    chosen = config.model.dtype
+    training_cfg = config.training
+    if device.type == "cuda":
+        auto = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        weights = auto if chosen == "auto" else chosen
+        autocast = "bf16" if training_cfg.bf16 else ("fp16" if training_cfg.fp16 else None)
+        return ComputePlan("cuda", weights, weights, autocast, (), None,
+                           "model.dtype auto on a GPU" if chosen == "auto" else f"model.dtype {chosen}")
+
+    measured = chosen == "auto" and cpu_supports_bf16()
+    if chosen != "auto":
+        training, scoring, reason = chosen, chosen, f"model.dtype {chosen}"
+        if chosen == "bfloat16" and not cpu_supports_bf16():
+            reason += ", emulated: this CPU has no native bf16"
+    elif cpu_prefers_bf16():
+        training, scoring = "bfloat16", "float32"
+        reason = "bf16 matmul measured faster than fp32 on this CPU; scoring in fp32"
+    else:
+        training, scoring = "float32", "float32"
+        reason = ("bf16 matmul not faster than fp32 on this CPU" if measured
+                  else "this CPU has no native bf16")
+    autocast = "bf16" if training_cfg.bf16 and training == "bfloat16" else None
+    if training == "float32" and autocast is None:
+        fused = (SPARSE_DROPOUT, FUSED_LORA, FUSED_NORMS, FUSED_ROTARY)
+    else:
+        fused = (SPARSE_DROPOUT,)
+    return ComputePlan("cpu", training, scoring, autocast, fused, cpu_facts(measured), reason)
