@@ -63,7 +63,7 @@ RECIPES = {
     "rank32": Recipe("LoRA r 32, alpha 64", ["training.lora_r=32", "training.lora_alpha=64"]),
     "rank8": Recipe("LoRA r 8, alpha 16", ["training.lora_r=8", "training.lora_alpha=16"]),
     "cosine": Recipe("cosine schedule (default: linear)", ["training.lr_scheduler=cosine"]),
-    "no-definitions": Recipe("prompt without the label definitions", ["prompt.label_definitions=null"]),
+    "no-definitions": Recipe("prompt without the label definitions", ["prompt.label_definitions={}"]),
     "smoothing0.1": Recipe("label smoothing 0.1", ["training.label_smoothing=0.1"]),
     "originals": Recipe("one row per near-duplicate group (1,547 passages, the rewrites dropped)",
                         training_rows="originals"),

@@ -15,7 +15,15 @@ benchmarks/results/accuracy_experiments.json):
 - bias: softmax(log p / T + b) with T and one bias per label fitted by maximum likelihood (L2 penalty on b), a
   per-label shift learnt from the coded passages (vector scaling without the matrix).
 Fold assignments are stratified by label and repeated over several seeds; each repetition is a complete
-cross-fit, and the figures are their mean (with each one's paired test kept). Appends to
+cross-fit, and the figures are their mean (with each one's paired test kept).
+
+    .venv/bin/python benchmarks/adaptation_crossfit.py --recipe default --continue-training coded-lr2e-5
+
+With --continue-training VARIANT the model itself moves: for each fold, the run's adapter trains further
+(training.init_adapter) on the 4 coding folds, in its own `framesft train` process, and predicts the fifth
+(one fold assignment; five trainings). Variants (CONTINUATIONS below): coded passages alone with a low learning
+rate and one pass, or mixed with replayed rows of train_data.csv. Validation during these runs uses 60 rows of
+train_data.csv (one epoch: one checkpoint, so it only sets the temperature). Appends to
 benchmarks/results/adaptation_experiments.json.
 """
 
@@ -23,8 +31,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
+
+import pandas as pd
 
 import numpy as np
 from scipy.optimize import minimize
@@ -39,6 +51,14 @@ from framesft.statistics import bootstrap_intervals, paired_comparison
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "benchmarks" / "results" / "accuracy_experiments.json"
 RESULTS = REPO / "benchmarks" / "results" / "adaptation_experiments.json"
+SHARED = REPO.parent / "shared" / "data" / "brexit"
+WORK = REPO / "benchmarks" / "work" / "adaptation"
+
+# Continued training on the coding folds: (overrides of the run's config, replayed train_data.csv rows per fold)
+CONTINUATIONS = {
+    "coded-lr2e-5": (["training.learning_rate=2e-5", "training.num_epochs=1", "training.warmup_steps=0"], 0),
+    "coded+replay-lr5e-5": (["training.learning_rate=5e-5", "training.num_epochs=1", "training.warmup_steps=0"], 120),
+}
 
 
 def fit_temperature_and_bias(log_p: np.ndarray, truth: np.ndarray, with_bias: bool, penalty: float) -> tuple:
@@ -82,6 +102,58 @@ def crossfit(entry: dict, variant: str, folds: int, seed: int, penalty: float) -
     return adapted
 
 
+def read(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def continue_crossfit(entry: dict, variant: str, folds: int, seed: int) -> tuple[np.ndarray, list[dict]]:
+    """Log-probabilities of every dev passage from the run's adapter trained further on the other folds."""
+    overrides, replay_rows = CONTINUATIONS[variant]
+    run_dir = REPO / entry["run_dir"]
+    dev, train = read(SHARED / "dev_data.csv"), read(SHARED / "train_data.csv")
+    if dev["frame_name"].tolist() != entry["dev_truth"]:
+        raise SystemExit("dev_data.csv differs from the passages the entry was scored on")
+    labels = entry["labels"]
+    truth = np.array([labels.index(y) for y in dev["frame_name"]])
+    shuffled = train.sample(frac=1.0, random_state=seed)
+    validation, replay_pool = shuffled.iloc[:60], shuffled.iloc[60:]
+    folder = WORK / f"{entry['recipe']}-s{entry['seed']}" / variant
+    folder.mkdir(parents=True, exist_ok=True)
+    validation.to_csv(folder / "validation.csv", index=False)
+    adapted = np.zeros((len(dev), len(labels)))
+    runs = []
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for fold, (fit_rows, apply_rows) in enumerate(splitter.split(dev, truth)):
+        coded = dev.iloc[fit_rows]
+        replay = replay_pool.iloc[fold * replay_rows:(fold + 1) * replay_rows]
+        pd.concat([coded, replay]).to_csv(folder / f"train_fold{fold}.csv", index=False)
+        dev.iloc[apply_rows].to_csv(folder / f"apply_fold{fold}.csv", index=False)
+        fold_run = folder / f"run_fold{fold}"
+        command = [sys.executable, "-m", "framesft.cli", "--quiet", "train", str(run_dir / "config.yaml"),
+                   "--run-dir", str(fold_run), "--overwrite",
+                   "--set", f"training.init_adapter={run_dir}", "--set", f"data.data_dir={folder}",
+                   "--set", f"data.train_csv=train_fold{fold}.csv", "--set", "data.validation_csv=validation.csv",
+                   "--set", f"data.test_csv=apply_fold{fold}.csv", "--set", "tracking.report_to=none",
+                   "--set", "data.near_duplicate_threshold=null"]
+        for override in overrides:
+            command += ["--set", override]
+        print(f"[{time.strftime('%H:%M')}] {variant} fold {fold}: {len(coded)} coded + {len(replay)} replayed rows",
+              flush=True)
+        started = time.perf_counter()
+        subprocess.run(command, check=True, cwd=REPO)
+        predictions = read(fold_run / "predictions_test.csv")
+        if predictions["label"].tolist() != dev.iloc[apply_rows]["frame_name"].tolist():
+            raise SystemExit(f"{fold_run}: its test predictions are not the fold's passages in order")
+        adapted[apply_rows] = np.log(np.clip(predictions[[f"p_{label}" for label in labels]]
+                                             .astype(float).to_numpy(), 1e-12, 1))
+        summary = json.loads((fold_run / "run_summary.json").read_text())
+        runs.append({"fold": fold, "coded_rows": len(coded), "replayed_rows": len(replay),
+                     "train_minutes": round(summary["train_seconds"] / 60, 2),
+                     "wall_minutes": round((time.perf_counter() - started) / 60, 2),
+                     "command": " ".join(command).replace(str(REPO) + "/", "")})
+    return adapted, runs
+
+
 def score(entry: dict, log_p: np.ndarray) -> dict:
     labels, truth = entry["labels"], entry["dev_truth"]
     predicted = [labels[i] for i in log_p.argmax(axis=1)]
@@ -101,6 +173,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="fold assignments (seeds 0..repeats-1)")
     parser.add_argument("--penalty", type=float, default=0.01, help="L2 penalty on the biases")
     parser.add_argument("--variants", nargs="+", default=["temperature", "prior", "bias"])
+    parser.add_argument("--continue-training", choices=sorted(CONTINUATIONS),
+                        help="train the run's adapter further on the coding folds instead of recalibrating")
+    parser.add_argument("--run-seed", type=int, help="only the entry of this training seed")
     args = parser.parse_args()
 
     entries = json.loads(EXPERIMENTS.read_text())["entries"]
@@ -108,16 +183,23 @@ def main() -> None:
     for e in entries:  # newest entry per seed
         if e["recipe"] == args.recipe and e["budget"] == args.budget:
             runs[str(e["seed"])] = e
+    if args.run_seed is not None:
+        runs = {k: v for k, v in runs.items() if k == str(args.run_seed)}
     if not runs:
         raise SystemExit(f"no entries of recipe {args.recipe!r} at budget {args.budget!r} in {EXPERIMENTS}")
     results = []
     for seed, entry in runs.items():
         labels, truth = entry["labels"], entry["dev_truth"]
         unadapted = score(entry, np.log(np.clip(np.array(entry["dev_probabilities"]), 1e-12, 1)))
-        for variant in args.variants:
-            repeats = []
-            for repeat in range(args.repeats):
-                adapted = score(entry, crossfit(entry, variant, args.folds, repeat, args.penalty))
+        variants = [args.continue_training] if args.continue_training else args.variants
+        for variant in variants:
+            repeats, fold_runs = [], None
+            for repeat in range(1 if args.continue_training else args.repeats):
+                if args.continue_training:
+                    log_p, fold_runs = continue_crossfit(entry, variant, args.folds, repeat)
+                else:
+                    log_p = crossfit(entry, variant, args.folds, repeat, args.penalty)
+                adapted = score(entry, log_p)
                 paired = paired_comparison(truth, adapted["predicted"], unadapted["predicted"], labels)
                 repeats.append({"fold_seed": repeat, "f1_macro": round(adapted["f1_macro"], 4),
                                 "f1_ci95": [round(v, 3) for v in adapted["f1_ci95"]],
@@ -132,6 +214,8 @@ def main() -> None:
                       "unadapted": {"f1_macro": round(unadapted["f1_macro"], 4), "alpha": round(unadapted["alpha"], 4),
                                     "ece": round(unadapted["ece"], 4)},
                       "adapted_mean": mean, "repeats": repeats, "date": time.strftime("%Y-%m-%d")}
+            if fold_runs:
+                result["continued_training"] = {"overrides": CONTINUATIONS[variant][0], "fold_runs": fold_runs}
             results.append(result)
             print(f"{args.recipe} seed {seed} {variant:12} F1 {unadapted['f1_macro']:.3f} -> {mean['f1_macro']:.3f} "
                   f"(mean diff {mean['difference']:+.3f}; per repeat CIs "

@@ -176,6 +176,34 @@ def test_run_trained_on_bf16_weights_reports_the_fp32_metrics_evaluate_reproduce
     assert_saved_adapter_reproduces_written_predictions(result.run_dir)
 
 
+def test_training_continues_from_a_saved_adapter(trained_run, tiny_model_dir, tmp_path):
+    """training.init_adapter: the run starts from the saved LoRA weights (trainable), not from new ones."""
+    from safetensors.torch import load_file
+
+    from framesft.errors import ConfigError
+    from framesft.methods import build_method
+    from framesft.modeling import load_tokenizer
+    from framesft.precision import resolve_plan
+    from framesft.training import lora_model
+
+    saved = load_file(str(trained_run.run_dir / "adapter" / "adapter_model.safetensors"))
+    config = tiny_config(tiny_model_dir, tmp_path / "run", init_adapter=str(trained_run.run_dir), max_steps=1)
+    config.model.dtype = "float32"
+    method = build_method(config, load_tokenizer(tiny_model_dir, False), trained_run.labels)
+    model = lora_model(config, tiny_model_dir, method, trained_run.labels, resolve_plan(config, torch.device("cpu")))
+    loaded = {name: p for name, p in model.named_parameters() if "lora_" in name}
+    assert len(loaded) == len(saved) and all(p.requires_grad for p in loaded.values())
+    for name, weights in saved.items():  # PEFT stores them without the adapter name
+        match = [p for n, p in loaded.items() if n.replace(".default", "") == name]
+        assert len(match) == 1 and torch.equal(match[0].detach(), weights), name
+    result = train(config, show_progress=False)  # one step on top of the saved adapter, end to end
+    assert result.global_step == 1 and (result.run_dir / "adapter" / "adapter_model.safetensors").is_file()
+
+    config.training.init_adapter = str(tmp_path)  # no adapter there: a clear error naming the key
+    with pytest.raises(ConfigError, match="training.init_adapter"):
+        lora_model(config, tiny_model_dir, method, trained_run.labels, resolve_plan(config, torch.device("cpu")))
+
+
 def test_out_of_memory_retries_with_half_batch_and_double_accumulation(tiny_model_dir, tmp_path, monkeypatch):
     import framesft.training as training
 

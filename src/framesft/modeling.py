@@ -158,9 +158,13 @@ def linear_module_names(model) -> set[str]:
 
 
 def attach_lora(model, config: FrameSFTConfig):
+    """New LoRA adapters as training.lora_* describe them, or (training.init_adapter) a saved adapter to train
+    further."""
     from peft import LoraConfig, get_peft_model
 
     training = config.training
+    if training.init_adapter:
+        return continue_adapter(model, Path(training.init_adapter))
     available = linear_module_names(model)
     unknown = [m for m in training.lora_target_modules if m not in available]
     if unknown:
@@ -177,6 +181,19 @@ def attach_lora(model, config: FrameSFTConfig):
         bias="none",
     )
     return get_peft_model(model, lora)
+
+
+def continue_adapter(model, path: Path):
+    """A saved adapter, trainable: a run folder's adapter/ or an adapter folder itself (safetensors only)."""
+    from peft import PeftModel
+
+    folder = path / "adapter" if (path / "adapter").is_dir() else path
+    if not (folder / "adapter_config.json").is_file():
+        raise ConfigError(f"training.init_adapter: {path} holds no adapter (no adapter_config.json in it or in its "
+                          "adapter/ folder); give a run folder that `framesft train` wrote")
+    refuse_pickled_weights(folder)
+    log.info("training continues from the adapter in %s", folder)
+    return PeftModel.from_pretrained(model, str(folder), is_trainable=True, use_safetensors=True)
 
 
 PICKLE_OVERRIDE = "FRAMESFT_TRUST_PICKLE"

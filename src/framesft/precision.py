@@ -198,7 +198,8 @@ class ComputePlan:
     def line(self) -> str:
         fused = ", ".join(self.fused_cpu_ops) or "none"
         text = (f"compute plan: {self.device}; training weights {self.training_weights}, autocast "
-                f"{self.autocast or 'off'}, fused CPU ops: {fused}; scoring weights {self.scoring_weights} ({self.reason})")
+                f"{self.autocast or 'off'}, fused CPU ops: {fused}; scoring weights {self.scoring_weights} "
+                f"({self.reason})")
         if self.cpu is not None:
             rates = (f", matmul fp32 {self.cpu.fp32_gflops:.0f} / bf16 {self.cpu.bf16_gflops:.0f} GFLOP/s"
                      if self.cpu.fp32_gflops else "")
