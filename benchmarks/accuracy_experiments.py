@@ -129,6 +129,25 @@ def run_is_complete(run_dir: Path) -> bool:
     return (run_dir / "run_summary.json").is_file() and (run_dir / "predictions_test.csv").is_file()
 
 
+def dev_scores(labels: list[str], truth: list[str], predicted: list[str], probabilities: np.ndarray) -> dict:
+    """The fields every entry has: F1 macro with its interval, accuracy, per-class F1, alpha, the predictions."""
+    metrics = classification_metrics(truth, predicted, labels)
+    intervals = bootstrap_intervals(truth, predicted, labels)
+    alpha = agreement([truth, predicted], labels)
+    return {
+        "dev_f1_macro": round(metrics["f1_macro"], 4),
+        "dev_f1_macro_ci95": [round(v, 3) for v in intervals["f1_macro"]],
+        "dev_accuracy": round(metrics["accuracy"], 4),
+        "dev_per_class_f1": {label: round(metrics["per_class"][label]["f1"], 3) for label in labels},
+        "alpha": round(alpha["krippendorff_alpha"], 4),
+        "alpha_ci95": [round(v, 3) for v in alpha["alpha_ci95"]],
+        "labels": labels,
+        "dev_truth": truth,
+        "dev_predicted": predicted,
+        "dev_probabilities": np.round(probabilities, 4).tolist(),
+    }
+
+
 def dev_entry(name: str, recipe: Recipe, seed: int, budget: str, run_dir: Path, command: list[str],
               wall_minutes: float | None, cpu: dict) -> dict:
     """One result: the run's predictions on dev_data.csv, scored with intervals."""
@@ -136,10 +155,6 @@ def dev_entry(name: str, recipe: Recipe, seed: int, budget: str, run_dir: Path, 
     predictions = pd.read_csv(run_dir / "predictions_test.csv", dtype={"label": str, "predicted": str},
                               keep_default_na=False)
     labels = [c[2:] for c in predictions.columns if c.startswith("p_")]
-    truth, predicted = predictions["label"].tolist(), predictions["predicted"].tolist()
-    metrics = classification_metrics(truth, predicted, labels)
-    intervals = bootstrap_intervals(truth, predicted, labels)
-    alpha = agreement([truth, predicted], labels)
     return {
         "recipe": name,
         "description": recipe.description,
@@ -147,12 +162,8 @@ def dev_entry(name: str, recipe: Recipe, seed: int, budget: str, run_dir: Path, 
         "training_rows": recipe.training_rows,
         "seed": seed,
         "budget": budget,
-        "dev_f1_macro": round(metrics["f1_macro"], 4),
-        "dev_f1_macro_ci95": [round(v, 3) for v in intervals["f1_macro"]],
-        "dev_accuracy": round(metrics["accuracy"], 4),
-        "dev_per_class_f1": {label: round(metrics["per_class"][label]["f1"], 3) for label in labels},
-        "alpha": round(alpha["krippendorff_alpha"], 4),
-        "alpha_ci95": [round(v, 3) for v in alpha["alpha_ci95"]],
+        **dev_scores(labels, predictions["label"].tolist(), predictions["predicted"].tolist(),
+                     predictions[[f"p_{label}" for label in labels]].to_numpy()),
         "validation_f1_macro": summary["metrics"].get("validation", {}).get("f1_macro"),
         "train_minutes": round(summary["train_seconds"] / 60, 1),
         "wall_minutes": None if wall_minutes is None else round(wall_minutes, 1),
@@ -161,10 +172,6 @@ def dev_entry(name: str, recipe: Recipe, seed: int, budget: str, run_dir: Path, 
         "command": shlex.join(str(c) for c in command).replace(str(REPO) + "/", ""),
         "run_dir": str(run_dir.relative_to(REPO)) if run_dir.is_relative_to(REPO) else str(run_dir),
         "date": time.strftime("%Y-%m-%d"),
-        "labels": labels,
-        "dev_truth": truth,
-        "dev_predicted": predicted,
-        "dev_probabilities": np.round(predictions[[f"p_{label}" for label in labels]].to_numpy(), 4).tolist(),
     }
 
 
@@ -197,26 +204,18 @@ def ensemble_entry(recipe: str, budget: str, entries: list[dict]) -> dict:
     probabilities = np.exp(log_probabilities)
     probabilities /= probabilities.sum(axis=1, keepdims=True)
     predicted = [labels[i] for i in probabilities.argmax(axis=1)]
-    metrics = classification_metrics(truth, predicted, labels)
-    intervals = bootstrap_intervals(truth, predicted, labels)
-    alpha = agreement([truth, predicted], labels)
     seeds = [m["seed"] for m in members]
     entry = {
         "recipe": f"ensemble:{recipe}",
         "description": f"average of the calibrated log-probabilities of {recipe} seeds {seeds}",
         "overrides": members[0]["overrides"], "seed": seeds, "budget": budget,
-        "dev_f1_macro": round(metrics["f1_macro"], 4),
-        "dev_f1_macro_ci95": [round(v, 3) for v in intervals["f1_macro"]],
-        "dev_accuracy": round(metrics["accuracy"], 4),
-        "dev_per_class_f1": {label: round(metrics["per_class"][label]["f1"], 3) for label in labels},
-        "alpha": round(alpha["krippendorff_alpha"], 4), "alpha_ci95": [round(v, 3) for v in alpha["alpha_ci95"]],
+        **dev_scores(labels, truth, predicted, probabilities),
         "validation_f1_macro": None,
         "train_minutes": round(sum(m["train_minutes"] for m in members), 1), "wall_minutes": None,
         "global_step": None, "cpu": members[0]["cpu"],
         "command": f"benchmarks/accuracy_experiments.py --ensemble {recipe}"
                    + (f" --max-steps {budget[5:]}" if budget != "full" else ""),
-        "run_dir": None, "date": time.strftime("%Y-%m-%d"), "labels": labels, "dev_truth": truth,
-        "dev_predicted": predicted, "dev_probabilities": np.round(probabilities, 4).tolist(),
+        "run_dir": None, "date": time.strftime("%Y-%m-%d"),
     }
     entry["paired_with_default"] = None  # see paired_with_members (for ensemble:default, its members are it)
     entry["paired_with_members"] = {}
