@@ -1,4 +1,5 @@
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,3 +104,63 @@ def test_token_budget_batches_cover_every_index_once_within_budget():
     for batch in batches:
         assert len(batch) <= 3
         assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 400
+
+
+def test_shared_prompt_prefix_is_computed_once_and_scores_as_without_it(tiny_model, builder, monkeypatch):
+    """The instructions and label list every prompt starts with run once per call; each batch continues from a
+    copy of their keys and values. Scores equal those of whole prompts and of the naive scorer."""
+    prompts = random_prompts(builder, 10, seed=11)
+    cached = LabelScorer(tiny_model, builder, token_budget=900, max_batch_size=3)
+    width = len(cached.prefix)
+    assert width >= 16 and all(p[:width] == cached.prefix for p in prompts)
+    assert any(p[width] != prompts[0][width] for p in prompts)  # the prefix stops where the passages begin
+    widths = []  # input widths of the model's forward calls: the prefix once, then passages only
+    forward = tiny_model.forward
+    monkeypatch.setattr(tiny_model, "forward", lambda *a, **k: widths.append(k["input_ids"].shape[1]) or
+                        forward(*a, **k))
+    fast = cached.score_prompts(prompts).scores
+    monkeypatch.undo()
+    prompt_passes = [w for w in widths if w > 8]  # the label continuations are a few tokens wide
+    assert prompt_passes[0] == width and width not in prompt_passes[1:]
+    assert max(prompt_passes[1:]) == max(len(p) for p in prompts) - width
+    whole = LabelScorer(tiny_model, builder, token_budget=900, max_batch_size=3, reuse_prefix=False)
+    assert whole.prefix == []
+    np.testing.assert_allclose(fast, whole.score_prompts(prompts).scores, atol=1e-5, rtol=1e-6)
+    np.testing.assert_allclose(fast, naive_label_scores(tiny_model, builder, prompts), atol=2e-4, rtol=1e-5)
+
+
+def test_prompts_without_the_shared_prefix_are_scored_whole(tiny_model, builder):
+    """A prompt that does not start with the prefix (here one from another label set) turns the cache off for the
+    call rather than scoring it against the wrong keys and values."""
+    other = PromptBuilder(builder.tokenizer, ["Yes", "No"], PromptSection(), max_length=256)
+    prompts = random_prompts(builder, 3, seed=12) + [other.encode_prompt("Tariffs cost jobs.")]
+    scorer = LabelScorer(tiny_model, builder)
+    assert scorer.prefix and prompts[-1][:len(scorer.prefix)] != scorer.prefix
+    np.testing.assert_allclose(scorer.score_prompts(prompts).scores,
+                               naive_label_scores(tiny_model, builder, prompts), atol=2e-4, rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("base_model", ["embedded:smollm2-135m-instruct", "embedded:gemma3-270m"])
+def test_embedded_models_score_real_prompts_the_same_with_the_shared_prefix(base_model):
+    """The Brexit config's prompt (label definitions) on both embedded models: a long shared prefix, and scores
+    equal to whole prompts'."""
+    import pandas as pd
+
+    from framesft.config import load_config
+    from framesft.modeling import load_tokenizer, resolve_model_path
+
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "gemma3-brexit.yaml",
+                         [f"model.base_model={base_model}"])
+    path = resolve_model_path(base_model)
+    tokenizer = load_tokenizer(path, False)
+    builder = PromptBuilder(tokenizer, config.data.labels_in_order(), config.prompt, config.data.max_length)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    texts = pd.read_csv(SAMPLE_DATA / "test.csv", dtype=str, keep_default_na=False)["chunk_text"].tolist()[:6]
+    prompts = [builder.encode_prompt(t) for t in texts]
+    cached = LabelScorer(model, builder, max_batch_size=3)
+    assert len(cached.prefix) > 100  # the instructions and six labels with their definitions
+    whole = LabelScorer(model, builder, max_batch_size=3, reuse_prefix=False)
+    a, b = cached.score_prompts(prompts), whole.score_prompts(prompts)
+    assert a.predictions == b.predictions
+    np.testing.assert_allclose(a.scores, b.scores, atol=2e-3, rtol=1e-4)

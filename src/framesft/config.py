@@ -248,6 +248,9 @@ class EvaluationSection(Section):
     token_budget: int = key(4096, "most padded prompt tokens per scoring batch", gt=0)
     length_normalize: bool = key(False, "sft: divide each label's log-likelihood by its token count (off: the "
                                         "summed log-likelihood is the exact sequence probability)")
+    reuse_prompt_prefix: bool = key(True, "sft: compute the keys and values of the instructions and label list "
+                                          "that every prompt starts with once per scoring call, not per passage "
+                                          "(same scores up to float rounding)")
 
 
 class PromptSection(Section):

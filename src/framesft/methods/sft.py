@@ -50,7 +50,8 @@ class GenerativeSFT(Method):
     def scorer(self, model) -> LabelScorer:
         evaluation = self.config.evaluation
         return LabelScorer(model, self.prompt, token_budget=evaluation.token_budget,
-                           max_batch_size=evaluation.batch_size, length_normalize=evaluation.length_normalize)
+                           max_batch_size=evaluation.batch_size, length_normalize=evaluation.length_normalize,
+                           reuse_prefix=evaluation.reuse_prompt_prefix)
 
     def serving_description(self) -> dict:
         return {
