@@ -42,13 +42,24 @@ def pytest_addoption(parser):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def cpu_kind(request):
+def cpu_kind(request, tmp_path_factory):
+    """--cpu-kind: this process and every Python process the tests start (framesft CLI runs, torchrun workers)
+    see the simulated CPU; the latter through a sitecustomize module put first on PYTHONPATH."""
+    import os
+
     kind = request.config.getoption("--cpu-kind")
     if kind == "native":
         yield kind
         return
+    flags, rates = CPU_KINDS[kind]
+    startup = tmp_path_factory.mktemp("cpu-kind")
+    (startup / "sitecustomize.py").write_text(
+        "import torch\nimport framesft.precision as precision\n"
+        f"precision.cpu_flags = lambda: {set(flags)!r}\n"
+        f"precision.cpu_matmul_rates = lambda: {{getattr(torch, k): v for k, v in {rates!r}.items()}}\n")
     with pytest.MonkeyPatch.context() as patch:
         simulate_cpu(patch, kind)
+        patch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(startup), os.environ.get("PYTHONPATH")])))
         yield kind
 
 

@@ -309,3 +309,21 @@ def test_fused_lora_runs_only_in_training_and_leaves_the_rest_to_peft():
     model.unmerge_adapter()
     layer.base_layer.bias = torch.nn.Parameter(torch.zeros(40))  # a trained bias (PEFT's bias="all")
     assert type(model(x).grad_fn).__name__ != "_FusedLoraLinearBackward"
+
+
+def test_cli_processes_plan_for_the_simulated_cpu(cpu_kind, tmp_path):
+    """Under --cpu-kind the framesft processes the tests start see the same CPU as the test process."""
+    import subprocess
+    import sys
+
+    from conftest import CPU_KINDS
+    from framesft.precision import cpu_flags
+
+    code = "from framesft.precision import cpu_flags, cpu_prefers_bf16; print(sorted(cpu_flags() & {'amx_bf16', " \
+           "'avx512_bf16'}), cpu_prefers_bf16())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    expected = cpu_flags() if cpu_kind == "native" else CPU_KINDS[cpu_kind][0]
+    assert done.stdout.split("]")[0] + "]" == str(sorted(expected & {"amx_bf16", "avx512_bf16"}))
+    if cpu_kind == "amx":
+        assert done.stdout.strip().endswith("True")

@@ -174,7 +174,7 @@ def settle_cpu_math_kernels() -> None:
 class ComputePlan:
     """Everything that decides how this process computes; see resolve_plan."""
 
-    device: str                       # "cpu" or "cuda"
+    device: str                       # "cpu", or "cuda:N" (this process's GPU)
     training_weights: str             # dtype of the frozen base weights while training ("float32", "bfloat16", ...)
     scoring_weights: str              # dtype of the base weights for scoring (evaluate, predict, final metrics)
     autocast: str | None              # mixed precision the trainer runs under: "bf16", "fp16" or None
@@ -185,6 +185,10 @@ class ComputePlan:
     @property
     def torch_device(self) -> torch.device:
         return torch.device(self.device)
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.torch_device.type == "cuda"
 
     def weights_dtype(self, for_training: bool) -> torch.dtype:
         return DTYPES[self.training_weights if for_training else self.scoring_weights]
@@ -226,7 +230,7 @@ def resolve_plan(config: FrameSFTConfig, device: torch.device | None = None) -> 
         auto = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
         weights = auto if chosen == "auto" else chosen
         autocast = "bf16" if training_cfg.bf16 else ("fp16" if training_cfg.fp16 else None)
-        return ComputePlan("cuda", weights, weights, autocast, (), None,
+        return ComputePlan(str(device), weights, weights, autocast, (), None,
                            "model.dtype auto on a GPU" if chosen == "auto" else f"model.dtype {chosen}")
 
     measured = chosen == "auto" and cpu_supports_bf16()

@@ -200,7 +200,7 @@ def training_arguments(config: FrameSFTConfig, checkpoint_dir: Path, report_to: 
                        plan: ComputePlan) -> TrainingArguments:
     t = config.training
     per_epoch = t.eval_steps is None
-    if t.fp16 and plan.device != "cuda":
+    if t.fp16 and not plan.on_gpu:
         raise FrameSFTError("training.fp16 needs a CUDA GPU; on CPU set it to false (training.bf16 uses native "
                             "bf16 where the CPU has it)")
     return TrainingArguments(
@@ -234,7 +234,7 @@ def training_arguments(config: FrameSFTConfig, checkpoint_dir: Path, report_to: 
         remove_unused_columns=False,
         train_sampling_strategy="group_by_length",
         dataloader_num_workers=0,
-        use_cpu=plan.device == "cpu",
+        use_cpu=not plan.on_gpu,
     )
 
 
