@@ -20,7 +20,7 @@ FRAMES = ["Conflict", "Moral Value", "Economic", "Powerlessness", "Human Impact"
 CPU_KINDS = {
     "amx": ({"avx512_bf16", "amx_bf16"}, {"float32": 195.0, "bfloat16": 734.0}),
     "avx512_bf16": ({"avx512_bf16"}, {"float32": 310.0, "bfloat16": 160.0}),
-    "avx2": (set(), {"float32": 300.0, "bfloat16": 20.0}),
+    "avx2": (set(), {"float32": 146.0, "bfloat16": 0.5}),
 }
 
 
