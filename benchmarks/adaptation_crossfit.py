@@ -39,11 +39,10 @@ from pathlib import Path
 import pandas as pd
 
 import numpy as np
-from scipy.optimize import minimize
 from scipy.special import log_softmax
 from sklearn.model_selection import StratifiedKFold
 
-from framesft.calibration import calibration_measures
+from framesft.calibration import calibration_measures, fit_temperature, fit_temperature_and_bias
 from framesft.metrics import classification_metrics
 from framesft.reliability import agreement
 from framesft.statistics import bootstrap_intervals, paired_comparison
@@ -61,31 +60,17 @@ CONTINUATIONS = {
 }
 
 
-def fit_temperature_and_bias(log_p: np.ndarray, truth: np.ndarray, with_bias: bool, penalty: float) -> tuple:
-    k = log_p.shape[1]
-
-    def loss(params):
-        log_t, bias = params[0], (params[1:] if with_bias else np.zeros(k))
-        z = log_softmax(log_p / np.exp(log_t) + bias, axis=1)
-        return -z[np.arange(len(truth)), truth].mean() + penalty * np.sum(bias**2)
-
-    start = np.zeros(1 + (k if with_bias else 0))
-    result = minimize(loss, start, method="L-BFGS-B")
-    return float(np.exp(result.x[0])), (result.x[1:] if with_bias else np.zeros(k))
-
-
 def adapt(variant: str, log_p_fit, truth_fit, log_p_apply, k: int, penalty: float) -> np.ndarray:
     """Adapted log-probabilities of the held-out fold, from what the coding folds teach."""
     if variant == "none":
         return log_p_apply
     if variant == "temperature":
-        t, _ = fit_temperature_and_bias(log_p_fit, truth_fit, False, penalty)
-        return log_softmax(log_p_apply / t, axis=1)
+        return log_softmax(log_p_apply / fit_temperature(log_p_fit, truth_fit), axis=1)
     if variant == "prior":
         coded = (np.bincount(truth_fit, minlength=k) + 1) / (len(truth_fit) + k)
         return log_softmax(log_p_apply + np.log(coded) - np.log(np.full(k, 1 / k)), axis=1)
     if variant == "bias":
-        t, bias = fit_temperature_and_bias(log_p_fit, truth_fit, True, penalty)
+        t, bias = fit_temperature_and_bias(log_p_fit, truth_fit, penalty)  # what `framesft adapt` fits
         return log_softmax(log_p_apply / t + bias, axis=1)
     raise ValueError(variant)
 

@@ -142,7 +142,9 @@ def corpus_texts(corpus: str | Path, ids: list[str], id_column: str, text_column
 def read_coded_sheet(path: str | Path, predictions: str | Path, labels: list[str] | None = None,
                      id_column: str | None = None, encoding: str = "utf-8",
                      delimiter: str | None = None) -> pd.DataFrame:
-    """The coded sheet as (id, gold, inclusion_probability, stratum), checked row by row."""
+    """The coded sheet as (id, gold, inclusion_probability, stratum), checked row by row; a sheet holding
+    passages the predicting run was adapted on (`framesft adapt`) is refused."""
+    from .adaptation import check_audit_not_adapted_on
     from .checks import check_table, raise_on_errors
     from .tables import read_table
 
@@ -172,6 +174,7 @@ def read_coded_sheet(path: str | Path, predictions: str | Path, labels: list[str
         bad = list(sheet.index[inclusion.isna() | (inclusion <= 0) | (inclusion > 1)])
         report.add("error", f"column 'inclusion_probability' must be a number in (0, 1] ({rows_text(bad, path)})")
     raise_on_errors([report])
+    check_audit_not_adapted_on(predictions, sheet[TEXT_COLUMN].tolist(), str(path))
     return pd.DataFrame({
         "id": sheet["id"], "gold": sheet[LABEL_COLUMN],
         "inclusion_probability": inclusion if "inclusion_probability" in sheet else 1.0,

@@ -60,7 +60,8 @@ def compare_runs(run_dirs: list[str | Path], data_path: str | Path, output_dir: 
         # the run's own label order may differ: map its predictions and score columns onto the first run's
         predictions[name] = scores.predictions
         order = [classifier.labels.index(label) for label in labels]
-        calibration[name] = calibration_report(raw.scores[:, order], truth_index, classifier.temperature)
+        bias = None if classifier.label_bias is None else classifier.label_bias[order]
+        calibration[name] = calibration_report(raw.scores[:, order], truth_index, classifier.temperature, bias)
         facts[name] = {"method": classifier.config.method, **run_facts(run_dir)}
         del classifier
     if baseline:

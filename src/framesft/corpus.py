@@ -264,4 +264,14 @@ def predict_corpus(run_dir: str | Path, input_path: str | Path, output_path: str
     state.wait_for_everyone()
     if not state.is_main_process:
         return None
+    record_adaptation(Path(run_dir), output)
     return merge_parts(parts, n_chunks, output)
+
+
+def record_adaptation(run_dir: Path, output: Path) -> None:
+    """An adapted run's predictions carry, next to them, which passages it was fitted on (so that `estimate`
+    can refuse them as audit); any other run's predictions leave no such file (a stale one is removed)."""
+    from .adaptation import adapted_on_path, write_adapted_on
+
+    adapted_on_path(output).unlink(missing_ok=True)
+    write_adapted_on(run_dir, output)

@@ -46,9 +46,9 @@ def evaluate_texts(classifier: Classifier, texts: Sequence[str], y_true: Sequenc
     truth = [classifier.labels.index(label) for label in y_true]
     if calibrate:
         classifier.temperature = fit_temperature(raw.scores, truth)
-    scores = raw.with_temperature(classifier.temperature)
+    scores = classifier.calibrated(raw)
     metrics = classification_metrics(list(y_true), scores.predictions, classifier.labels)
-    metrics["calibration"] = calibration_report(raw.scores, truth, classifier.temperature)
+    metrics["calibration"] = calibration_report(raw.scores, truth, classifier.temperature, classifier.label_bias)
     reason = why_not_fit(raw.scores, truth) if calibrate else None
     if reason:
         metrics["calibration"]["not_fitted"] = reason

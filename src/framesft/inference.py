@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
-from .calibration import read_temperature
+from .calibration import read_label_bias, read_temperature
 from .config import FrameSFTConfig
 from .evaluation import predictions_table
 from .methods import Method, Scorer, build_method
@@ -32,13 +33,14 @@ class Classifier:
     tokenizer: object
     method: Method
     temperature: float = 1.0  # calibration (calibration.py): probabilities are softmax(scores / temperature)
+    label_bias: np.ndarray | None = None  # an adapted run's per-label biases (`framesft adapt`, adaptation.py)
 
     def scorer(self) -> Scorer:
-        """Raw label scores (temperature 1); `calibrated` applies the run's temperature to them."""
+        """Raw label scores (temperature 1); `calibrated` applies the run's temperature (and biases) to them."""
         return self.method.scorer(self.model)
 
     def calibrated(self, scores: LabelScores) -> LabelScores:
-        return scores.with_temperature(self.temperature)
+        return scores.with_calibration(self.temperature, self.label_bias)
 
     def score(self, texts: Sequence[str], description: str = "scoring", show_progress: bool = True,
               calibrated: bool = True) -> LabelScores:
@@ -76,7 +78,7 @@ def load_classifier(run_dir: str | Path, device=None, merge: bool = True, dtype:
         model = merged_for_scoring(model)
     model.eval()
     return Classifier(config, labels, model, tokenizer, build_method(config, tokenizer, labels),
-                      read_temperature(run_dir))
+                      read_temperature(run_dir), read_label_bias(run_dir, labels))
 
 
 def load_zero_shot(config: FrameSFTConfig, labels: list[str], device=None) -> Classifier:

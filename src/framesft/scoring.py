@@ -33,21 +33,32 @@ from .prompting import PromptBuilder
 class LabelScores:
     labels: list[str]
     scores: np.ndarray  # (n_texts, n_labels) summed (or length-normalised) log-likelihoods
-    temperature: float = 1.0  # probabilities are softmax(scores / temperature); see calibration.py
+    temperature: float = 1.0  # probabilities are softmax(scores / temperature + bias); see calibration.py
+    bias: np.ndarray | None = None  # one number per label, fitted on coded passages by `framesft adapt`
+
+    @property
+    def adjusted(self) -> np.ndarray:
+        """The scores the labels and probabilities come from: the raw scores, plus the adaptation's per-label bias
+        on the scores' own scale (temperature x bias), so that without a bias they are the raw scores."""
+        if self.bias is None:
+            return self.scores
+        return self.scores + self.temperature * np.asarray(self.bias)[None, :]
 
     @property
     def probabilities(self) -> np.ndarray:
-        shifted = (self.scores - self.scores.max(axis=1, keepdims=True)) / self.temperature
+        adjusted = self.adjusted
+        shifted = (adjusted - adjusted.max(axis=1, keepdims=True)) / self.temperature
         exp = np.exp(shifted)
         return exp / exp.sum(axis=1, keepdims=True)
 
-    def with_temperature(self, temperature: float) -> LabelScores:
-        """The same scores with calibrated probabilities (the predicted labels do not change)."""
-        return LabelScores(self.labels, self.scores, temperature)
+    def with_calibration(self, temperature: float, bias: np.ndarray | None = None) -> LabelScores:
+        """The same raw scores with calibrated probabilities. A temperature alone never changes the predicted
+        labels; a per-label bias (an adapted run) can."""
+        return LabelScores(self.labels, self.scores, temperature, bias)
 
     @property
     def predicted_index(self) -> np.ndarray:
-        return self.scores.argmax(axis=1)
+        return self.adjusted.argmax(axis=1)
 
     @property
     def predictions(self) -> list[str]:
@@ -58,7 +69,7 @@ class LabelScores:
         """Score of the best label minus the runner-up: small margins mark uncertain predictions."""
         if self.scores.shape[1] < 2:
             return np.zeros(len(self.scores))
-        top2 = np.sort(self.scores, axis=1)[:, -2:]
+        top2 = np.sort(self.adjusted, axis=1)[:, -2:]
         return top2[:, 1] - top2[:, 0]
 
 
