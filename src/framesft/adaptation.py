@@ -144,7 +144,8 @@ def read_coded_passages(path: str | Path, data, labels: list[str]) -> pd.DataFra
 
 def adapt_run(run_dir: str | Path, data_path: str | Path, output_dir: str | Path, folds: int = 5, repeats: int = 5,
               overwrite: bool = False, show_progress: bool = True, text_column: str | None = None,
-              label_column: str | None = None, encoding: str | None = None, delimiter: str | None = None) -> dict:
+              label_column: str | None = None, encoding: str | None = None, delimiter: str | None = None,
+              sheet: str | None = None) -> dict:
     """Fit the per-label recalibration of a trained run on coded passages, check it by cross-fitting, and write
     the adapted run folder; returns what adaptation.json holds."""
     from .inference import load_classifier
@@ -160,7 +161,7 @@ def adapt_run(run_dir: str | Path, data_path: str | Path, output_dir: str | Path
     if classifier.label_bias is not None:
         raise RunFolderError(f"{run_dir} is already an adapted run; adapt the run it came from "
                              f"({read_json(run_dir / ADAPTATION_FILE).get('source_run', 'see its adaptation.json')})")
-    data = classifier.config.data.with_format(encoding, delimiter)
+    data = classifier.config.data.with_format(encoding, delimiter, sheet)
     data = data.model_copy(update={k: v for k, v in (("text_column", text_column), ("label_column", label_column))
                                    if v is not None})
     table = read_coded_passages(data_path, data, classifier.labels)

@@ -55,15 +55,16 @@ def draw_audit_sample(predictions: str | Path, n: int, output: str | Path, strat
                       seed: int = 0, id_column: str | None = None, corpus: str | Path | None = None,
                       text_column: str = "chunk_text", corpus_id_column: str | None = None,
                       include_model_label: bool = False, encoding: str = "utf-8",
-                      delimiter: str | None = None) -> pd.DataFrame:
+                      delimiter: str | None = None, sheet: str | None = None) -> pd.DataFrame:
     """Write a coding sheet of n rows drawn from a prediction file; returns it.
 
     The texts come from the prediction file's `text_column` (carried with `predict --keep-columns`) or from
     `corpus`, the file that was classified, matched on the id column (or the row number).
     """
     output = Path(output)
-    if output.suffix.lower() != ".csv":
-        raise DataError(f"--output {output}: the coding sheet is a .csv file (opens in any spreadsheet)")
+    if output.suffix.lower() not in {".csv", ".xlsx"}:
+        raise DataError(f"--output {output}: write the coding sheet as .csv (opens in any spreadsheet) or .xlsx (an "
+                        "Excel workbook whose label column offers the label set as a drop-down)")
     if output.exists():
         raise DataError(f"{output} already exists; delete it or choose another --output")
     file, connection = open_predictions(predictions, id_column)
@@ -100,7 +101,7 @@ def draw_audit_sample(predictions: str | Path, n: int, output: str | Path, strat
         sample = sample.rename(columns={text_column: TEXT_COLUMN})
     elif corpus is not None:
         sample[TEXT_COLUMN] = corpus_texts(corpus, sample[file.id_column].tolist(), file.id_column, text_column,
-                                           corpus_id_column, encoding, delimiter)
+                                           corpus_id_column, encoding, delimiter, sheet)
     else:
         raise DataError(f"{file.path} has no {text_column!r} column: pass --corpus FILE (the file that was "
                         f"classified) or predict with --keep-columns {text_column}")
@@ -110,7 +111,10 @@ def draw_audit_sample(predictions: str | Path, n: int, output: str | Path, strat
     if include_model_label:
         sheet[MODEL_LABEL_COLUMN] = sample["predicted"]
     with atomic_path(output) as tmp:
-        sheet.to_csv(tmp, index=False)
+        if output.suffix.lower() == ".xlsx":
+            write_coding_workbook(sheet, tmp, file.labels)
+        else:
+            sheet.to_csv(tmp, index=False)
     write_json(output.with_name(output.name + ".design.json"), {
         "predictions": str(file.path.resolve()), "id_column": file.id_column, "rows": total, "n": n,
         "design": f"stratified by {stratify_by}, proportional allocation" if stratify_by else "simple random sample",
@@ -119,14 +123,54 @@ def draw_audit_sample(predictions: str | Path, n: int, output: str | Path, strat
     return sheet
 
 
+def write_coding_workbook(sheet: pd.DataFrame, path: Path, labels: list[str]) -> None:
+    """The coding sheet as an Excel workbook: the label column offers the label set as a drop-down (Excel data
+    validation, which refuses anything else typed in), passages wrapped in a wide column, the header frozen.
+    The labels live on a second sheet, so a label holding a comma or a long label set still works."""
+    from openpyxl import Workbook
+    from openpyxl.styles import Alignment, Font
+    from openpyxl.utils import get_column_letter
+    from openpyxl.worksheet.datavalidation import DataValidation
+
+    book = Workbook()
+    coding = book.active
+    coding.title = "coding"
+    coding.append(list(sheet.columns))
+    for row in sheet.itertuples(index=False):
+        coding.append([str(value) for value in row])
+    label_sheet = book.create_sheet("labels")
+    for label in labels:
+        label_sheet.append([label])
+    label_sheet.sheet_state = "hidden"
+
+    columns = list(sheet.columns)
+    label_letter = get_column_letter(columns.index(LABEL_COLUMN) + 1)
+    choice = DataValidation(type="list", formula1=f"=labels!$A$1:$A${len(labels)}", allow_blank=True,
+                            showErrorMessage=True, errorTitle="Not a label",
+                            error="Choose one of the labels from the list.", promptTitle="label",
+                            prompt="Choose the frame of this passage", showInputMessage=True)
+    choice.add(f"{label_letter}2:{label_letter}{len(sheet) + 1}")
+    coding.add_data_validation(choice)
+    widths = {TEXT_COLUMN: 100, LABEL_COLUMN: max(16, max(map(len, labels), default=0) + 4), "id": 14}
+    for position, name in enumerate(columns, start=1):
+        letter = get_column_letter(position)
+        coding.column_dimensions[letter].width = widths.get(name, 12)
+        coding.cell(row=1, column=position).font = Font(bold=True)
+    for cell in coding[get_column_letter(columns.index(TEXT_COLUMN) + 1)][1:]:
+        cell.alignment = Alignment(wrap_text=True, vertical="top")
+    coding.freeze_panes = "A2"
+    book.save(path)
+
+
 def corpus_texts(corpus: str | Path, ids: list[str], id_column: str, text_column: str,
-                 corpus_id_column: str | None, encoding: str, delimiter: str | None) -> list[str]:
+                 corpus_id_column: str | None, encoding: str, delimiter: str | None,
+                 sheet: str | None = None) -> list[str]:
     """Texts of the sampled rows, streamed from the classified corpus (any input format of `predict`)."""
     from .corpus import CorpusSource, iter_chunks
 
     by_row = id_column == "row" and corpus_id_column is None
     key = corpus_id_column or (None if by_row else id_column)
-    source = CorpusSource(Path(corpus), text_column, key, encoding=encoding, delimiter=delimiter)
+    source = CorpusSource(Path(corpus), text_column, key, encoding=encoding, delimiter=delimiter, sheet=sheet)
     wanted, found = set(ids), {}
     for chunk in iter_chunks(source):
         keys = chunk["_row"].astype(str) if by_row else chunk[key].astype(str)
@@ -141,14 +185,14 @@ def corpus_texts(corpus: str | Path, ids: list[str], id_column: str, text_column
 
 def read_coded_sheet(path: str | Path, predictions: str | Path, labels: list[str] | None = None,
                      id_column: str | None = None, encoding: str = "utf-8",
-                     delimiter: str | None = None) -> pd.DataFrame:
+                     delimiter: str | None = None, sheet: str | None = None) -> pd.DataFrame:
     """The coded sheet as (id, gold, inclusion_probability, stratum), checked row by row; a sheet holding
     passages the predicting run was adapted on (`framesft adapt`) is refused."""
     from .adaptation import check_audit_not_adapted_on
     from .checks import check_table, raise_on_errors
     from .tables import read_table
 
-    sheet = read_table(path, ["id", TEXT_COLUMN, LABEL_COLUMN], encoding, delimiter)
+    sheet = read_table(path, ["id", TEXT_COLUMN, LABEL_COLUMN], encoding, delimiter, sheet)
     file, connection = open_predictions(predictions, id_column)
     labels = labels or file.labels
     # the training-data rules: empty or unknown labels (case variants normalised), conflicting labels

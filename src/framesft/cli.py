@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "stratify to oversample rare predicted labels or small groups.")
     p.add_argument("predictions", help="the .csv or .parquet file `framesft predict` wrote")
     p.add_argument("--n", type=int, required=True, help="rows to draw")
-    p.add_argument("--output", required=True, help="coding sheet to write (.csv)")
+    p.add_argument("--output", required=True, help="coding sheet to write: .csv, or .xlsx (the label column a "
+                                                   "drop-down of the label set)")
     p.add_argument("--stratify-by", help="'predicted' (the model's label) or a column kept with --keep-columns; "
                                          "proportional allocation, at least 2 rows per stratum")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -175,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 def add_file_format(parser: argparse.ArgumentParser, encoding_default: str, delimiter_default: str) -> None:
     parser.add_argument("--encoding", help=f"text encoding of CSV/TSV files, e.g. cp1252 (default: {encoding_default})")
     parser.add_argument("--delimiter", help=f"field separator of CSV/TSV files, e.g. ';' (default: {delimiter_default})")
+    parser.add_argument("--sheet", help="sheet of .xlsx workbooks (default: the first)")
 
 
 def add_overrides(parser: argparse.ArgumentParser) -> None:
@@ -230,7 +232,7 @@ def dispatch(args: argparse.Namespace) -> int:
         from .compare import compare_runs
 
         result = compare_runs(args.runs, args.data, args.output_dir, args.baseline, show_progress, args.encoding,
-                              args.delimiter)
+                              args.delimiter, sheet=args.sheet)
         print(result["markdown"])
         return 0
     if args.command == "export":
@@ -280,7 +282,7 @@ def command_evaluate(args, show_progress: bool) -> int:
     from .terminal import agreement_table, calibration_table, console, metrics_table, per_class_table
 
     metrics = evaluate_run(args.run, args.data, args.output_dir, show_progress, args.encoding, args.delimiter,
-                           split_list(args.coder_columns))
+                           split_list(args.coder_columns), sheet=args.sheet)
     console.print(per_class_table(metrics, f"{args.data}: per class"))
     console.print(metrics_table({Path(args.run).name: metrics}, f"{args.data} ({metrics['n']} passages)"))
     console.print(calibration_table(metrics, "calibration"))
@@ -300,7 +302,8 @@ def command_predict(args, show_progress: bool) -> int:
     if not args.output:
         raise FrameSFTError("predict --input needs --output FILE (.csv or .parquet)")
     n = predict_corpus(args.run, args.input, args.output, args.text_column, args.id_column, args.query,
-                       args.chunk_rows, show_progress, args.encoding, args.delimiter, split_list(args.keep_columns))
+                       args.chunk_rows, show_progress, args.encoding, args.delimiter, split_list(args.keep_columns),
+                       sheet=args.sheet)
     if n is not None:
         print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
     return 0
@@ -330,11 +333,11 @@ def command_data_check(args) -> int:
     from .terminal import console, print_data_report
 
     config = load_config(args.config, args.overrides)
-    data = config.data.with_format(args.encoding, args.delimiter)
+    data = config.data.with_format(args.encoding, args.delimiter, args.sheet)
     text_column = args.text_column or data.text_column
     label_column = args.label_column or data.label_column
     labels = [s.strip() for s in args.labels.split(",")] if args.labels else data.labels_in_order()
-    tables = [(path, read_table(path, [text_column, label_column], data.encoding, data.delimiter))
+    tables = [(path, read_table(path, [text_column, label_column], data.encoding, data.delimiter, data.sheet))
               for path in args.files]
     reports, labels, _ = check_tables(tables, text_column, label_column, labels, data.num_labels,
                                       data.near_duplicate_threshold)
@@ -366,7 +369,7 @@ def command_calibrate(args, show_progress: bool) -> int:
     from .evaluation import calibrate_run
     from .terminal import calibration_table, console
 
-    report = calibrate_run(args.run, args.data, show_progress, args.encoding, args.delimiter)
+    report = calibrate_run(args.run, args.data, show_progress, args.encoding, args.delimiter, args.sheet)
     console.print(calibration_table({"calibration": report}, f"fitted on {report['fitted_on']} "
                                                              f"({report['passages']} passages)"))
     console.print(f"temperature written to {Path(args.run) / 'calibration.json'}; evaluate, predict, compare and "
@@ -380,7 +383,7 @@ def command_sample(args) -> int:
 
     sheet = draw_audit_sample(args.predictions, args.n, args.output, args.stratify_by, args.seed, args.id_column,
                               args.corpus, args.text_column, args.corpus_id_column, args.with_model_label,
-                              args.encoding or "utf-8", args.delimiter)
+                              args.encoding or "utf-8", args.delimiter, args.sheet)
     design = "simple random sample" if not args.stratify_by else f"stratified by {args.stratify_by}"
     console.print(f"wrote {len(sheet)} rows ({design}) to {args.output}: fill in the 'label' column, then run "
                   f"framesft estimate {args.predictions} --audit {args.output}")
@@ -393,7 +396,7 @@ def command_adapt(args, show_progress: bool) -> int:
 
     record = adapt_run(args.run, args.data, args.run_dir, folds=args.folds, overwrite=args.overwrite,
                        show_progress=show_progress, text_column=args.text_column, label_column=args.label_column,
-                       encoding=args.encoding, delimiter=args.delimiter)
+                       encoding=args.encoding, delimiter=args.delimiter, sheet=args.sheet)
     console.print(adaptation_table(record))
     check = record["crossfit"]
     colour = "green" if check["verdict"].startswith("better") else "yellow"
@@ -411,7 +414,7 @@ def command_estimate(args) -> int:
     audit = None
     if args.audit:
         audit = read_coded_sheet(args.audit, args.predictions, id_column=args.id_column,
-                                 encoding=args.encoding or "utf-8", delimiter=args.delimiter)
+                                 encoding=args.encoding or "utf-8", delimiter=args.delimiter, sheet=args.sheet)
     by = split_list(args.by)
     table = estimate_shares(args.predictions, audit, by, args.time_column, args.time_unit, args.id_column)
     folder = write_findings(table, args.output_dir, by, args.time_column, str(args.predictions), args.audit)

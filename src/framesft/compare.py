@@ -36,13 +36,13 @@ def run_facts(run_dir: Path) -> dict:
 
 def compare_runs(run_dirs: list[str | Path], data_path: str | Path, output_dir: str | Path,
                  baseline: bool = False, show_progress: bool = True, encoding: str | None = None,
-                 delimiter: str | None = None) -> dict:
+                 delimiter: str | None = None, sheet: str | None = None) -> dict:
     """Score every run (and, with `baseline`, TF-IDF trained on the first run's data) on one labelled file;
     write comparison.{json,md,html} with metrics per run and paired statistics per pair."""
     run_dirs = [Path(r) for r in run_dirs]
     first_config = read_run_config(run_dirs[0])
     labels = read_label_map(run_dirs[0])
-    data = first_config.data.with_format(encoding, delimiter)
+    data = first_config.data.with_format(encoding, delimiter, sheet)
     table = read_labelled_file(data_path, data, labels)
     texts, truth = table[data.text_column].tolist(), table[data.label_column].tolist()
     predictions: dict[str, list[str]] = {}

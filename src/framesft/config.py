@@ -82,6 +82,7 @@ class DataSection(Section):
                                  "UTF-8 byte-order mark is always accepted")
     delimiter: str | None = key(None, "field separator of CSV/TSV files, e.g. ';' for a German Excel export; "
                                       "null: ',' for .csv, tab for .tsv", min_length=1, max_length=1)
+    sheet: str | None = key(None, "sheet of .xlsx workbooks to read; null: the first sheet", min_length=1)
     max_length: int = key(512, "longest input in tokens. sft: prompt + answer, the passage (never the "
                                "instructions) is truncated to fit; classification: the passage", gt=0)
     label2id: dict[str, int] | None = key(None, "the label set and its order ({label: id}, ids 0..n-1); "
@@ -133,9 +134,11 @@ class DataSection(Section):
             return None
         return resolve_data_dir(self.data_dir) / name
 
-    def with_format(self, encoding: str | None = None, delimiter: str | None = None) -> DataSection:
-        """A copy that reads files with another encoding/delimiter (command-line options); None keeps these."""
-        changes = {k: v for k, v in (("encoding", encoding), ("delimiter", delimiter)) if v is not None}
+    def with_format(self, encoding: str | None = None, delimiter: str | None = None,
+                    sheet: str | None = None) -> DataSection:
+        """A copy that reads files with another encoding/delimiter/sheet (command-line options); None keeps these."""
+        changes = {k: v for k, v in (("encoding", encoding), ("delimiter", delimiter), ("sheet", sheet))
+                   if v is not None}
         if not changes:
             return self
         try:

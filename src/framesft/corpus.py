@@ -23,7 +23,8 @@ import pandas as pd
 
 from .errors import DataError, FrameSFTError, RunFolderError
 from .runfolder import atomic_path, write_json
-from .tables import csv_options, iter_delimited_chunks, iter_jsonl_records, require_columns
+from .tables import (DELIMITED_SUFFIXES, csv_options, iter_delimited_chunks, iter_jsonl_records, read_workbook,
+                     require_columns, text_encoding)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class CorpusSource:
     encoding: str = "utf-8"  # CSV/TSV only
     delimiter: str | None = None  # CSV/TSV only; None: by suffix
     keep_columns: tuple[str, ...] = ()  # input columns carried into the output (date, party, speaker, ...)
+    sheet: str | None = None  # .xlsx only; None: the first sheet
 
     def columns(self) -> list[str]:
         """The input columns prediction reads: the text, the id and the columns to keep."""
@@ -51,7 +53,7 @@ class CorpusSource:
         return {"input": str(self.path.resolve()), "size": stat.st_size, "mtime": stat.st_mtime,
                 "text_column": self.text_column, "id_column": self.id_column, "query": self.query,
                 "chunk_rows": self.chunk_rows, "encoding": self.encoding, "delimiter": self.delimiter,
-                "keep_columns": list(self.keep_columns)}
+                "keep_columns": list(self.keep_columns), "sheet": self.sheet}
 
 
 def iter_chunks(source: CorpusSource) -> Iterator[pd.DataFrame]:
@@ -64,12 +66,16 @@ def iter_chunks(source: CorpusSource) -> Iterator[pd.DataFrame]:
         chunks = _duckdb_chunks(source)
     elif suffix == ".parquet":
         chunks = _parquet_chunks(source)
-    elif suffix in {".csv", ".tsv"}:
-        chunks = iter_delimited_chunks(path, source.encoding, source.delimiter, source.chunk_rows)
+    elif suffix in DELIMITED_SUFFIXES:
+        chunks = iter_delimited_chunks(path, text_encoding(path, source.encoding), source.delimiter, source.chunk_rows)
+    elif suffix == ".xlsx":  # a sheet holds at most about a million rows: read whole, then cut
+        table = read_workbook(path, source.sheet)
+        chunks = (table.iloc[i:i + source.chunk_rows] for i in range(0, len(table), source.chunk_rows))
     elif suffix in {".jsonl", ".json"}:
         chunks = _jsonl_chunks(source)
     else:
-        raise DataError(f"{path}: unsupported input type {suffix!r}; use CSV, TSV, JSONL, Parquet or DuckDB")
+        raise DataError(f"{path}: unsupported input type {suffix!r}; use CSV, TSV, TXT (Excel Unicode Text), XLSX, "
+                        "JSONL, Parquet or DuckDB")
     start = 0
     for chunk in chunks:
         chunk = chunk.reset_index(drop=True)
@@ -137,9 +143,10 @@ def count_rows(source: CorpusSource) -> int | None:
             with duckdb.connect(str(source.path), read_only=True) as connection:
                 inner = source.query if " " in source.query.strip() else f'SELECT * FROM "{source.query}"'
                 return connection.execute(f"SELECT count(*) FROM ({inner})").fetchone()[0]
-        if suffix in {".csv", ".tsv"}:
+        if suffix in DELIMITED_SUFFIXES:
+            encoding = text_encoding(source.path, source.encoding)
             return sum(len(c) for c in pd.read_csv(source.path, usecols=[0], chunksize=50_000,
-                                                   **csv_options(source.path, source.encoding, source.delimiter)))
+                                                   **csv_options(source.path, encoding, source.delimiter)))
     except Exception:  # noqa: BLE001 - the count only feeds the progress bar
         return None
     return None
@@ -215,7 +222,7 @@ def merge_parts(parts: Path, n_chunks: int, output: Path) -> int:
 def predict_corpus(run_dir: str | Path, input_path: str | Path, output_path: str | Path,
                    text_column: str | None = None, id_column: str | None = None, query: str | None = None,
                    chunk_rows: int = 1000, show_progress: bool = True, encoding: str | None = None,
-                   delimiter: str | None = None, keep_columns: Sequence[str] = ()) -> int | None:
+                   delimiter: str | None = None, keep_columns: Sequence[str] = (), sheet: str | None = None) -> int | None:
     """Label every row of a corpus, streaming and resumable; returns the row count.
 
     CSV/TSV input is read with the run's data.encoding and data.delimiter unless `encoding`/`delimiter` are
@@ -236,9 +243,9 @@ def predict_corpus(run_dir: str | Path, input_path: str | Path, output_path: str
     check_run_folder(Path(run_dir))
     state = process_state(read_run_config(Path(run_dir)))
     classifier = load_classifier(run_dir, device=state.device)
-    data = classifier.config.data.with_format(encoding, delimiter)
+    data = classifier.config.data.with_format(encoding, delimiter, sheet)
     source = CorpusSource(Path(input_path), text_column or data.text_column, id_column, query, chunk_rows,
-                          data.encoding, data.delimiter, tuple(keep_columns))
+                          data.encoding, data.delimiter, tuple(keep_columns), data.sheet)
     clash = {"predicted", "margin", *(f"p_{label}" for label in classifier.labels)} & set(keep_columns)
     if clash:
         raise DataError(f"--keep-columns {sorted(clash)}: these names are prediction columns; rename them in the input")

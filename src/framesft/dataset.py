@@ -37,7 +37,7 @@ class RunData:
 def read_data_file(path: str | Path, data: DataSection, columns: Sequence[str] | None = None) -> pd.DataFrame:
     """A file with the config's columns, encoding and delimiter."""
     columns = (data.text_column, data.label_column) if columns is None else columns
-    return read_table(path, columns, data.encoding, data.delimiter)
+    return read_table(path, columns, data.encoding, data.delimiter, data.sheet)
 
 
 def load_run_data(config: FrameSFTConfig) -> RunData:

@@ -71,10 +71,11 @@ def write_evaluation(folder: Path, split: str, metrics: dict, predictions: pd.Da
 
 def evaluate_run(run_dir: str | Path, data_path: str | Path, output_dir: str | Path | None = None,
                  show_progress: bool = True, encoding: str | None = None, delimiter: str | None = None,
-                 coder_columns: Sequence[str] = ()) -> dict:
+                 coder_columns: Sequence[str] = (), sheet: str | None = None) -> dict:
     """Evaluate a trained run on a labelled file; write metrics, per-class report, confusion matrix, predictions.
 
-    The file is read with the run's columns, encoding and delimiter unless `encoding`/`delimiter` say otherwise.
+    The file is read with the run's columns, encoding and delimiter unless `encoding`/`delimiter` say otherwise
+    (`sheet`: which sheet of an .xlsx workbook).
     `coder_columns` name columns with other human coders' labels (empty cell: not coded) for human-human
     agreement beside model-human agreement.
     """
@@ -82,7 +83,7 @@ def evaluate_run(run_dir: str | Path, data_path: str | Path, output_dir: str | P
     from .inference import load_classifier
 
     classifier = load_classifier(run_dir)
-    data = classifier.config.data.with_format(encoding, delimiter)
+    data = classifier.config.data.with_format(encoding, delimiter, sheet)
     table = read_labelled_file(data_path, data, classifier.labels, extra_columns=coder_columns)
     coders = read_coder_columns(table, str(data_path), coder_columns, classifier.labels)
     metrics, predictions = evaluate_texts(classifier, table[data.text_column].tolist(),
@@ -95,7 +96,7 @@ def evaluate_run(run_dir: str | Path, data_path: str | Path, output_dir: str | P
 
 
 def calibrate_run(run_dir: str | Path, data_path: str | Path | None = None, show_progress: bool = True,
-                  encoding: str | None = None, delimiter: str | None = None) -> dict:
+                  encoding: str | None = None, delimiter: str | None = None, sheet: str | None = None) -> dict:
     """Fit the run's temperature on a labelled file (default: the run's own validation split, rebuilt from
     its config) and store it in the run folder; returns the calibration report (before/after)."""
     from .calibration import save_temperature
@@ -104,7 +105,7 @@ def calibrate_run(run_dir: str | Path, data_path: str | Path | None = None, show
     from .inference import load_classifier
 
     classifier = load_classifier(run_dir)
-    data = classifier.config.data.with_format(encoding, delimiter)
+    data = classifier.config.data.with_format(encoding, delimiter, sheet)
     if data_path is None:
         table, source = load_run_data(classifier.config).validation, "validation split"
     else:
