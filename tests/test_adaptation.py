@@ -12,8 +12,8 @@ import pytest
 from framesft.adaptation import crossfit_check, passage_fingerprint
 from framesft.calibration import fit_temperature_and_bias, probabilities
 from framesft.cli import main
-from framesft.evaluation import predictions_table
 from framesft.inference import load_classifier
+from framesft.scoring import predictions_table
 
 from conftest import SAMPLE_DATA
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from openpyxl import Workbook, load_workbook
 
-from framesft.audit import draw_audit_sample, read_coded_sheet
+from framesft.audit import read_coded_sheet
 from framesft.cli import main
 from framesft.config import load_config
 from framesft.dataset import load_run_data

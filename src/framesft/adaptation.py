@@ -37,9 +37,14 @@ import pandas as pd
 
 from .calibration import (CALIBRATION_FILE, MIN_PASSAGES, calibration_measures, fit_temperature_and_bias,
                           probabilities, why_not_fit)
+from .checks import rows_text
+from .dataset import read_labelled_file
 from .errors import DataError, RunFolderError
-from .runfolder import (ADAPTER_DIR, CONFIG_FILE, DATA_REPORT_FILE, LABEL_DISTRIBUTION_FILE, LABEL_MAP_FILE,
-                        SUMMARY_FILE, atomic_directory, read_json, write_json)
+from .files import atomic_directory, read_json, write_json
+from .metrics import classification_metrics
+from .reliability import agreement
+from .runfolder import (ADAPTER_DIR, CONFIG_FILE, DATA_REPORT_FILE, LABEL_DISTRIBUTION_FILE, LABEL_MAP_FILE, SUMMARY_FILE)
+from .statistics import bootstrap_intervals, paired_comparison
 from .tables import row_number
 
 log = logging.getLogger(__name__)
@@ -96,10 +101,6 @@ def crossfit_check(scores: np.ndarray, truth: Sequence[int], labels: Sequence[st
 
     Every repeat is a complete cross-fit with another fold assignment; the first one's pooled predictions get
     the paired bootstrap interval and McNemar's test, the others show how much the fold assignment moves it."""
-    from .metrics import classification_metrics
-    from .reliability import agreement
-    from .statistics import bootstrap_intervals, paired_comparison
-
     scores, truth = np.asarray(scores, dtype=np.float64), np.asarray(truth)
     gold = [labels[i] for i in truth]
     unadapted = [labels[i] for i in scores.argmax(axis=1)]
@@ -133,8 +134,6 @@ def crossfit_check(scores: np.ndarray, truth: Sequence[int], labels: Sequence[st
 
 
 def read_coded_passages(path: str | Path, data, labels: list[str]) -> pd.DataFrame:
-    from .dataset import read_labelled_file
-
     table = read_labelled_file(path, data, labels)
     if len(table) < MIN_PASSAGES:
         raise DataError(f"{path}: {len(table)} coded passages; adapting needs at least {MIN_PASSAGES} (more is "
@@ -148,7 +147,7 @@ def adapt_run(run_dir: str | Path, data_path: str | Path, output_dir: str | Path
               sheet: str | None = None) -> dict:
     """Fit the per-label recalibration of a trained run on coded passages, check it by cross-fitting, and write
     the adapted run folder; returns what adaptation.json holds."""
-    from .inference import load_classifier
+    from .inference import load_classifier  # torch and transformers load only when adapting
 
     run_dir, output_dir = Path(run_dir), Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
@@ -224,8 +223,6 @@ def adapted_on_path(predictions_path: str | Path) -> Path:
 
 def check_audit_not_adapted_on(predictions_path: str | Path, audit_texts: Sequence[str], audit_path: str) -> None:
     """Refuse an audit sheet that holds passages the predicting run was adapted on."""
-    from .checks import rows_text
-
     record = read_json(adapted_on_path(predictions_path))
     if not record:
         return

@@ -17,10 +17,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .checks import rows_text
+from .adaptation import check_audit_not_adapted_on
+from .checks import check_table, raise_on_errors, rows_text
+from .corpus import CorpusSource, iter_chunks
 from .errors import DataError
 from .estimation import open_predictions, quote
-from .runfolder import atomic_path, write_json
+from .files import atomic_path, write_json
+from .tables import read_table
 
 LABEL_COLUMN = "label"
 TEXT_COLUMN = "text"
@@ -166,8 +169,6 @@ def corpus_texts(corpus: str | Path, ids: list[str], id_column: str, text_column
                  corpus_id_column: str | None, encoding: str, delimiter: str | None,
                  sheet: str | None = None) -> list[str]:
     """Texts of the sampled rows, streamed from the classified corpus (any input format of `predict`)."""
-    from .corpus import CorpusSource, iter_chunks
-
     by_row = id_column == "row" and corpus_id_column is None
     key = corpus_id_column or (None if by_row else id_column)
     source = CorpusSource(Path(corpus), text_column, key, encoding=encoding, delimiter=delimiter, sheet=sheet)
@@ -188,10 +189,6 @@ def read_coded_sheet(path: str | Path, predictions: str | Path, labels: list[str
                      delimiter: str | None = None, sheet: str | None = None) -> pd.DataFrame:
     """The coded sheet as (id, gold, inclusion_probability, stratum), checked row by row; a sheet holding
     passages the predicting run was adapted on (`framesft adapt`) is refused."""
-    from .adaptation import check_audit_not_adapted_on
-    from .checks import check_table, raise_on_errors
-    from .tables import read_table
-
     sheet = read_table(path, ["id", TEXT_COLUMN, LABEL_COLUMN], encoding, delimiter, sheet)
     file, connection = open_predictions(predictions, id_column)
     labels = labels or file.labels

@@ -6,6 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .dataset import load_run_data, read_labelled_file
 from .metrics import classification_metrics
 
 
@@ -40,8 +41,6 @@ def evaluate_baseline(train_texts, train_labels, test_texts, test_labels, labels
 def run_baseline(config, data_path=None) -> dict:
     """The baseline on a config's data: fit on its training rows, score the given file (default: the test file,
     else the validation set). Returns metrics keyed by the evaluated split."""
-    from .dataset import load_run_data, read_labelled_file
-
     data = load_run_data(config)
     text, label = config.data.text_column, config.data.label_column
     if data_path is not None:

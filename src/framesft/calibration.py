@@ -26,7 +26,7 @@ from scipy.optimize import minimize, minimize_scalar
 from scipy.special import log_softmax, softmax
 from sklearn.metrics import log_loss
 
-from .runfolder import read_json, write_json
+from .files import read_json, write_json
 
 log = logging.getLogger(__name__)
 

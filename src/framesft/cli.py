@@ -312,7 +312,7 @@ def command_predict(args, show_progress: bool) -> int:
 def command_baseline(args) -> int:
     from .baseline import run_baseline
     from .config import load_config
-    from .runfolder import write_json
+    from .files import write_json
     from .terminal import console, metrics_table, per_class_table
 
     result = run_baseline(load_config(args.config, args.overrides), args.data)

@@ -17,8 +17,8 @@ from .errors import DataError
 from .inference import load_classifier
 from .metrics import classification_metrics
 from .reliability import agreement
-from .runfolder import (SUMMARY_FILE, TRAINER_STATE_FILE, read_json, read_label_map, read_run_config, write_json,
-                        write_text)
+from .runfolder import SUMMARY_FILE, TRAINER_STATE_FILE, read_label_map, read_run_config
+from .files import read_json, write_json, write_text
 from .statistics import paired_comparison
 
 

@@ -342,8 +342,6 @@ def keys_without_effect(config: FrameSFTConfig) -> list[str]:
     Judged on values (not on which keys the file spells out), so a resolved config saved in a run folder,
     which lists every key, raises no false alarm.
     """
-    from .methods import method_class
-
     notes = []
     t = config.training
     if t.save_steps is not None and t.save_steps != t.eval_steps:
@@ -361,7 +359,12 @@ def keys_without_effect(config: FrameSFTConfig) -> list[str]:
         if config.model.load_in_4bit or t.fp16:
             key_name = "model.load_in_4bit" if config.model.load_in_4bit else "training.fp16"
             notes.append(f"{key_name} needs a CUDA GPU but hardware.gpu is false; this run will fail to start")
-    notes += method_class(config.method).keys_without_effect(config)
+    if config.method == "classification":  # the head reads the passage alone and scores classes
+        if config.prompt != PromptSection():
+            notes.append("prompt.* has no effect with method: classification (the head reads the passage alone)")
+        if config.evaluation.length_normalize:
+            notes.append("evaluation.length_normalize has no effect with method: classification (the head "
+                         "scores classes, not label tokens)")
     return notes
 
 

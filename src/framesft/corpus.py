@@ -21,10 +21,13 @@ from typing import Iterator, Sequence
 
 import pandas as pd
 
+from .adaptation import adapted_on_path, write_adapted_on
 from .errors import DataError, FrameSFTError, RunFolderError
-from .runfolder import atomic_path, write_json
+from .files import atomic_path, write_json
+from .runfolder import check_run_folder, read_run_config
 from .tables import (DELIMITED_SUFFIXES, csv_options, iter_delimited_chunks, iter_jsonl_records, read_workbook,
                      require_columns, text_encoding)
+from .terminal import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -229,11 +232,10 @@ def predict_corpus(run_dir: str | Path, input_path: str | Path, output_path: str
     given. `keep_columns` are copied from the input into the output, after the id. Under `accelerate launch`/`torchrun` every process scores its share of the chunks and the main
     process merges; the other processes return None.
     """
-    from .evaluation import predictions_table
+    # torch and the model load only when predicting (sample and estimate read corpora through this module too)
     from .inference import load_classifier
     from .precision import process_state
-    from .runfolder import check_run_folder, read_run_config
-    from .terminal import progress_bar
+    from .scoring import predictions_table
 
     output = Path(output_path)
     if output.suffix.lower() not in {".csv", ".parquet"}:
@@ -278,7 +280,5 @@ def predict_corpus(run_dir: str | Path, input_path: str | Path, output_path: str
 def record_adaptation(run_dir: Path, output: Path) -> None:
     """An adapted run's predictions carry, next to them, which passages it was fitted on (so that `estimate`
     can refuse them as audit); any other run's predictions leave no such file (a stale one is removed)."""
-    from .adaptation import adapted_on_path, write_adapted_on
-
     adapted_on_path(output).unlink(missing_ok=True)
     write_adapted_on(run_dir, output)

@@ -7,12 +7,15 @@ import shutil
 import time
 from pathlib import Path
 
+from .audit import draw_audit_sample, read_coded_sheet
 from .config import FrameSFTConfig, load_config
 from .dataset import load_run_data
+from .estimation import estimate_shares
 from .evaluation import evaluate_texts
+from .findings import write_findings
 from .inference import load_classifier, load_zero_shot, predict_texts
 from .metrics import headline
-from .runfolder import write_json
+from .files import write_json
 from .terminal import agreement_table, calibration_table, console, metrics_table, per_class_table, shares_table
 from .training import train
 
@@ -80,10 +83,6 @@ def shares_from_test_split(run_dir: Path, labels: list[str], text_column: str):
     """The findings path on the demo's test split: its predictions as a corpus, a random half of it drawn as the
     audit sample and 'coded' with the gold labels, then frame shares with intervals (framesft estimate)."""
     import pandas as pd
-
-    from .audit import draw_audit_sample, read_coded_sheet
-    from .estimation import estimate_shares
-    from .findings import write_findings
 
     predictions = pd.read_csv(run_dir / "predictions_test.csv", keep_default_na=False, dtype=str)
     work = run_dir / "findings_input"

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
-from .runfolder import atomic_directory
+from .files import atomic_directory
 
 log = logging.getLogger(__name__)
 PREFIX = "embedded:"

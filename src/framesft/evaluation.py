@@ -4,33 +4,20 @@ an evaluation leaves (metrics JSON, per-class CSV, confusion matrix CSV + PNG, p
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from .calibration import calibration_report, fit_temperature, why_not_fit
+from .calibration import calibration_report, fit_temperature, save_temperature, why_not_fit
+from .dataset import load_run_data, read_coder_columns, read_labelled_file
+from .errors import DataError
+from .files import write_json, write_table
+from .inference import Classifier, load_classifier
 from .metrics import classification_metrics, per_class_rows
 from .plots import confusion_matrix_figure, save_png
 from .reliability import model_as_coder
-from .runfolder import write_json, write_table
-from .scoring import LabelScores
-
-if TYPE_CHECKING:
-    from .inference import Classifier
-
-
-def predictions_table(texts: Sequence[str], scores: LabelScores, y_true: Sequence[str] | None = None) -> pd.DataFrame:
-    """text, [label,] predicted, p_<label> for every label, margin (best minus runner-up score)."""
-    table = pd.DataFrame({"text": list(texts)})
-    if y_true is not None:
-        table["label"] = list(y_true)
-    table["predicted"] = scores.predictions
-    probabilities = scores.probabilities
-    for j, label in enumerate(scores.labels):
-        table[f"p_{label}"] = probabilities[:, j]
-    table["margin"] = scores.margins
-    return table
+from .scoring import predictions_table
 
 
 def evaluate_texts(classifier: Classifier, texts: Sequence[str], y_true: Sequence[str],
@@ -79,9 +66,6 @@ def evaluate_run(run_dir: str | Path, data_path: str | Path, output_dir: str | P
     `coder_columns` name columns with other human coders' labels (empty cell: not coded) for human-human
     agreement beside model-human agreement.
     """
-    from .dataset import read_coder_columns, read_labelled_file
-    from .inference import load_classifier
-
     classifier = load_classifier(run_dir)
     data = classifier.config.data.with_format(encoding, delimiter, sheet)
     table = read_labelled_file(data_path, data, classifier.labels, extra_columns=coder_columns)
@@ -99,11 +83,6 @@ def calibrate_run(run_dir: str | Path, data_path: str | Path | None = None, show
                   encoding: str | None = None, delimiter: str | None = None, sheet: str | None = None) -> dict:
     """Fit the run's temperature on a labelled file (default: the run's own validation split, rebuilt from
     its config) and store it in the run folder; returns the calibration report (before/after)."""
-    from .calibration import save_temperature
-    from .dataset import load_run_data, read_labelled_file
-    from .errors import DataError
-    from .inference import load_classifier
-
     classifier = load_classifier(run_dir)
     data = classifier.config.data.with_format(encoding, delimiter, sheet)
     if data_path is None:

@@ -10,7 +10,8 @@ import torch
 
 from .errors import RunFolderError
 from .inference import load_classifier
-from .runfolder import CONFIG_FILE, LABEL_MAP_FILE, atomic_directory
+from .runfolder import CONFIG_FILE, LABEL_MAP_FILE
+from .files import atomic_directory
 
 
 def export_merged(run_dir: str | Path, output_dir: str | Path) -> Path:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pandas as pd
 
 from .plots import png_bytes, png_data_uri, shares_by_group_figure, shares_over_time_figure
-from .runfolder import atomic_directory
+from .errors import RunFolderError
+from .files import atomic_directory
 
 
 def write_findings(table: pd.DataFrame, output_dir: str | Path, by: list[str], time_column: str | None,
@@ -17,8 +18,6 @@ def write_findings(table: pd.DataFrame, output_dir: str | Path, by: list[str], t
     """Write shares.csv, shares.parquet, shares_*.png and shares.html into a new folder (all or nothing)."""
     output = Path(output_dir)
     if output.exists() and any(output.iterdir()):
-        from .errors import RunFolderError
-
         raise RunFolderError(f"{output} already exists and is not empty; choose another --output-dir")
     group = by[0] if by else None
     figures = {}

@@ -12,12 +12,11 @@ import pandas as pd
 
 from .calibration import read_label_bias, read_temperature
 from .config import FrameSFTConfig
-from .evaluation import predictions_table
 from .methods import Method, Scorer, build_method
 from .modeling import load_adapter, load_base_model, load_tokenizer, resolve_model_path
 from .precision import resolve_plan
 from .runfolder import ADAPTER_DIR, check_run_folder, read_label_map, read_run_config
-from .scoring import LabelScores
+from .scoring import LabelScores, predictions_table
 from .terminal import progress_bar
 
 log = logging.getLogger(__name__)

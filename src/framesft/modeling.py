@@ -15,6 +15,7 @@ import torch
 from .config import FrameSFTConfig
 from .embedded import embedded_model_path, is_embedded
 from .errors import ConfigError
+from .files import refuse_pickled_weights
 from .methods import method_class
 from .precision import ComputePlan, settle_cpu_math_kernels
 
@@ -194,28 +195,6 @@ def continue_adapter(model, path: Path):
     refuse_pickled_weights(folder)
     log.info("training continues from the adapter in %s", folder)
     return PeftModel.from_pretrained(model, str(folder), is_trainable=True, use_safetensors=True)
-
-
-PICKLE_OVERRIDE = "FRAMESFT_TRUST_PICKLE"
-
-
-def refuse_pickled_weights(folder: Path) -> None:
-    """Weights must be safetensors: a pickle file (.bin/.pt/.pkl weights) can run code when it is loaded."""
-    import os
-
-    if (folder / "adapter_model.safetensors").is_file():
-        return
-    pickled = [p.name for p in folder.glob("*") if p.name in {"adapter_model.bin", "pytorch_model.bin"}
-               or p.suffix in {".pkl", ".pickle"}]
-    if pickled and os.environ.get(PICKLE_OVERRIDE) == "1":
-        log.warning("loading pickle-based weights %s because %s=1", pickled, PICKLE_OVERRIDE)
-        return
-    raise ConfigError(
-        f"{folder}: no adapter_model.safetensors"
-        + (f"; found pickle-based weights {pickled}, which framesft refuses to load because unpickling can run "
-           f"arbitrary code. Convert them to safetensors, or, only for files you trust, set {PICKLE_OVERRIDE}=1"
-           if pickled else "")
-    )
 
 
 def load_adapter(base_model, adapter_dir: Path):

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .runfolder import atomic_path
+from .files import atomic_path
 
 
 def _pyplot():

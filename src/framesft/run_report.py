@@ -17,8 +17,8 @@ import pandas as pd
 from .calibration import CALIBRATION_FILE
 from .metrics import HEADLINE
 from .plots import confusion_matrix_figure, learning_curves_figure, png_data_uri, reliability_diagram_figure
-from .runfolder import (LABEL_DISTRIBUTION_FILE, REPORT_FILE, SUMMARY_FILE, TRAINER_STATE_FILE, read_json,
-                        write_text)
+from .runfolder import LABEL_DISTRIBUTION_FILE, REPORT_FILE, SUMMARY_FILE, TRAINER_STATE_FILE
+from .files import read_json, write_text
 from .statistics import bootstrap_intervals
 
 

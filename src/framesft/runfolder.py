@@ -17,21 +17,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
-
-import numpy as np
-import pandas as pd
-
+from .config import FrameSFTConfig, load_config
+from .dataset import RunData
 from .errors import RunFolderError
-
-if TYPE_CHECKING:
-    from .config import FrameSFTConfig
-    from .dataset import RunData
+from .files import atomic_directory, refuse_pickled_weights, write_json
 
 log = logging.getLogger(__name__)
 
@@ -45,74 +36,6 @@ LABEL_DISTRIBUTION_FILE = "label_distribution.json"
 TRAINER_STATE_FILE = "trainer_state.json"
 SUMMARY_FILE = "run_summary.json"
 REPORT_FILE = "report.html"
-
-
-# ------------------------------------------------------------------------------------------ atomic writes
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(handle)
-    try:
-        yield Path(temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-
-
-@contextmanager
-def atomic_directory(target: str | Path, replace: bool = True) -> Iterator[Path]:
-    """Yield an empty staging folder next to `target`; it becomes `target` only if the block succeeds.
-
-    replace=True swaps out an existing `target`; replace=False keeps an existing complete `target` (another
-    process finished first) and drops the staging folder.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        yield staging
-        if target.exists():
-            if not replace:
-                return
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
-        staging.rename(target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-
-
-def write_text(path: str | Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
-def write_json(path: str | Path, data) -> None:
-    write_text(path, json.dumps(data, indent=2, ensure_ascii=False, default=_json_default) + "\n")
-
-
-def _json_default(value):
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot write {type(value).__name__} as JSON")
-
-
-def write_table(path: str | Path, table: pd.DataFrame) -> None:
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        if path.suffix == ".parquet":
-            table.to_parquet(tmp, index=False)
-        else:
-            table.to_csv(tmp, index=False)
 
 
 # ------------------------------------------------------------------------------------------ writing a run
@@ -182,8 +105,6 @@ def check_run_folder(run_dir: Path) -> None:
 
 
 def read_run_config(run_dir: Path) -> FrameSFTConfig:
-    from .config import load_config
-
     return load_config(run_dir / CONFIG_FILE)
 
 
@@ -193,16 +114,10 @@ def read_label_map(run_dir: Path) -> list[str]:
     return [label for label, _ in sorted(label2id.items(), key=lambda item: item[1])]
 
 
-def read_json(path: Path) -> dict:
-    """A JSON file of the run folder, or {} when the run did not write it."""
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
 def validate_checkpoint(checkpoint: str | Path) -> None:
     """Fail early, with a way out, if the checkpoint to resume from is damaged."""
     from safetensors import safe_open
 
-    from .modeling import refuse_pickled_weights
 
     folder = Path(checkpoint)
     refuse_pickled_weights(folder)

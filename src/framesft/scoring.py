@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 
 from .prompting import PromptBuilder
@@ -71,6 +72,19 @@ class LabelScores:
             return np.zeros(len(self.scores))
         top2 = np.sort(self.adjusted, axis=1)[:, -2:]
         return top2[:, 1] - top2[:, 0]
+
+
+def predictions_table(texts: Sequence[str], scores: LabelScores, y_true: Sequence[str] | None = None) -> pd.DataFrame:
+    """text, [label,] predicted, p_<label> for every label, margin (best minus runner-up score)."""
+    table = pd.DataFrame({"text": list(texts)})
+    if y_true is not None:
+        table["label"] = list(y_true)
+    table["predicted"] = scores.predictions
+    probabilities = scores.probabilities
+    for j, label in enumerate(scores.labels):
+        table[f"p_{label}"] = probabilities[:, j]
+    table["margin"] = scores.margins
+    return table
 
 
 def token_budget_batches(lengths: Sequence[int], token_budget: int, max_batch_size: int) -> Iterator[list[int]]:

@@ -45,9 +45,8 @@ from .modeling import attach_lora, load_base_model, load_tokenizer, resolve_mode
 from .precision import (FUSED_LORA, FUSED_NORMS, FUSED_ROTARY, SPARSE_DROPOUT, ComputePlan, check_process_count,
                         process_state, resolve_plan)
 from .run_report import render_report
-from .runfolder import (CONFIG_FILE, SUMMARY_FILE, TRAINER_STATE_FILE, attach_log_file, checkpoint_folder,
-                        detach_log_file, prepare_run_folder, read_run_config, save_adapter, validate_checkpoint,
-                        write_json, write_run_metadata, write_text)
+from .runfolder import (CONFIG_FILE, SUMMARY_FILE, TRAINER_STATE_FILE, attach_log_file, checkpoint_folder, detach_log_file, prepare_run_folder, read_run_config, save_adapter, validate_checkpoint, write_run_metadata)
+from .files import write_json, write_text
 from .tracking import finish_tracking, log_final_metrics, start_tracking
 
 log = logging.getLogger(__name__)

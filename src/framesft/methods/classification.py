@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..scoring import LabelScores, pad_batch, token_budget_batches
-from . import Method
+from .base import Method
 
 
 class ClassificationHead(Method):
@@ -37,18 +37,6 @@ class ClassificationHead(Method):
     def model_kwargs(labels, pad_token_id):
         return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
                 "label2id": {label: i for i, label in enumerate(labels)}, "pad_token_id": pad_token_id}
-
-    @classmethod
-    def keys_without_effect(cls, config) -> list[str]:
-        from ..config import PromptSection
-
-        notes = []
-        if config.prompt != PromptSection():
-            notes.append("prompt.* has no effect with method: classification (the head reads the passage alone)")
-        if config.evaluation.length_normalize:
-            notes.append("evaluation.length_normalize has no effect with method: classification (the head "
-                         "scores classes, not label tokens)")
-        return notes
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=True)["input_ids"])

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ..prompting import IGNORE_INDEX, PromptBuilder
 from ..scoring import LabelScorer, last_positions, pad_batch, positions_from_mask
-from . import Method
+from .base import Method
 
 
 class GenerativeSFT(Method):
