@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("train", help="fine-tune a model from a YAML config")
+    p.set_defaults(handler=command_train)
     p.add_argument("config", help="YAML config file")
     add_overrides(p)
     p.add_argument("--run-dir", help="run folder (default: training.output_dir from the config)")
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
 
     p = commands.add_parser("evaluate", help="evaluate a trained run on a labelled file")
+    p.set_defaults(handler=command_evaluate)
     p.add_argument("run", help="run folder written by `framesft train`")
     p.add_argument("--data", required=True, help="CSV/JSONL/Parquet file with text and label columns")
     p.add_argument("--output-dir", help="where to write results (default: RUN/eval_<file name>)")
@@ -57,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                                            "not coded): reports human-human agreement beside model-human agreement")
 
     p = commands.add_parser("predict", help="label new text with a trained run")
+    p.set_defaults(handler=command_predict)
     p.add_argument("run", help="run folder written by `framesft train`")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--text", action="append", help="a passage to classify (repeatable)")
@@ -76,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "the softmax, fitted by log loss. Training already fits it on the validation split; "
                             "this refits it on any labelled file (or the validation split again). Predicted "
                             "labels never change.")
+    p.set_defaults(handler=command_calibrate)
     p.add_argument("run", help="run folder written by `framesft train`")
     p.add_argument("--data", help="labelled file (default: the run's validation split, rebuilt from its config)")
     add_file_format(p, "the run's data.encoding", "the run's data.delimiter")
@@ -86,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "that helps on passages it was not fitted on, and writes a new run folder; the model's "
                             "weights are not changed. Predictions of the adapted run cannot be estimated with an "
                             "audit holding these passages (estimate refuses it).")
+    p.set_defaults(handler=command_adapt)
     p.add_argument("run", help="run folder written by `framesft train`")
     p.add_argument("--data", required=True, help="coded passages: a labelled file (e.g. the coding sheet of "
                                                  "`framesft sample` with --text-column text --label-column label)")
@@ -100,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Writes a coding sheet (CSV): id, inclusion probability, stratum, text and an "
                             "empty label column, in random order. A simple random sample is what the estimators need; "
                             "stratify to oversample rare predicted labels or small groups.")
+    p.set_defaults(handler=command_sample)
     p.add_argument("predictions", help="the .csv or .parquet file `framesft predict` wrote")
     p.add_argument("--n", type=int, required=True, help="rows to draw")
     p.add_argument("--output", required=True, help="coding sheet to write: .csv, or .xlsx (the label column a "
@@ -119,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Classify-and-count, calibrated probabilistic classify-and-count and, with a "
                             "coded audit sample, prediction-powered (PPI++) estimates with 95%% intervals. Writes "
                             "shares.csv, shares.parquet, a figure (PNG) and shares.html.")
+    p.set_defaults(handler=command_estimate)
     p.add_argument("predictions", help="the .csv or .parquet file `framesft predict` wrote")
     p.add_argument("--audit", help="the coding sheet of `framesft sample`, with its label column filled in")
     p.add_argument("--by", help="comma-separated grouping columns (kept with predict --keep-columns), e.g. party")
@@ -130,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_file_format(p, "utf-8", "by suffix")
 
     p = commands.add_parser("compare", help="evaluate several runs on the same data, with paired statistics")
+    p.set_defaults(handler=command_compare)
     p.add_argument("runs", nargs="+", help="run folders")
     p.add_argument("--data", required=True, help="labelled file every run is scored on")
     p.add_argument("--output-dir", default="comparison", help="where comparison.{md,html,json} go")
@@ -137,12 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_file_format(p, "the first run's data.encoding", "the first run's data.delimiter")
 
     p = commands.add_parser("baseline", help="TF-IDF + logistic regression on a config's data (the lexical floor)")
+    p.set_defaults(handler=command_baseline)
     p.add_argument("config", help="YAML config file (its data section is used)")
     add_overrides(p)
     p.add_argument("--data", help="labelled file to evaluate on (default: the config's test file)")
     p.add_argument("--output", help="write the metrics as JSON here")
 
     p = commands.add_parser("export", help="write the base model with the adapter merged (plain transformers)")
+    p.set_defaults(handler=command_export)
     p.add_argument("run", help="run folder written by `framesft train`")
     p.add_argument("--output", required=True, help="new folder for the merged model")
 
@@ -151,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = data_commands.add_parser("check", help="validate data files and print a report",
                                      description="Validate data files. The first file is treated as the "
                                      "training file; the others are checked for overlap with it (leakage).")
+    check.set_defaults(handler=command_data_check)
     check.add_argument("files", nargs="+", help="training file first, then validation/test files")
     check.add_argument("--config", help="config for columns, label set and max_length (token counts)")
     add_overrides(check)
@@ -160,11 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_file_format(check, "data.encoding, utf-8", "data.delimiter, by suffix")
 
     p = commands.add_parser("demo", help="fine-tune the embedded model on the bundled sample data")
+    p.set_defaults(handler=command_demo)
     p.add_argument("--run-dir", default="runs/demo", help="run folder (default: runs/demo)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     add_overrides(p)
 
     p = commands.add_parser("config", help="print the resolved config, or every key explained (--explain)")
+    p.set_defaults(handler=command_config)
     p.add_argument("config", nargs="?", help="YAML config file (default: all defaults)")
     add_overrides(p)
     shown = p.add_mutually_exclusive_group()
@@ -189,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.debug)
     try:
-        return dispatch(args)
+        return args.handler(args, show_progress=not args.quiet)
     except FrameSFTError as exc:
         if args.debug:
             raise
@@ -218,46 +231,27 @@ def setup_logging(debug: bool) -> None:
         warnings.filterwarnings("ignore", category=UserWarning, module="torch")
 
 
-def dispatch(args: argparse.Namespace) -> int:
-    show_progress = not args.quiet
-    if args.command == "train":
-        return command_train(args, show_progress)
-    if args.command == "evaluate":
-        return command_evaluate(args, show_progress)
-    if args.command == "predict":
-        return command_predict(args, show_progress)
-    if args.command == "baseline":
-        return command_baseline(args)
-    if args.command == "compare":
-        from .compare import compare_runs
+def command_compare(args, show_progress: bool) -> int:
+    from .compare import compare_runs
 
-        result = compare_runs(args.runs, args.data, args.output_dir, args.baseline, show_progress, args.encoding,
-                              args.delimiter, sheet=args.sheet)
-        print(result["markdown"])
-        return 0
-    if args.command == "export":
-        from .export import export_merged
+    result = compare_runs(args.runs, args.data, args.output_dir, args.baseline, show_progress, args.encoding,
+                          args.delimiter, sheet=args.sheet)
+    print(result["markdown"])
+    return 0
 
-        print(f"merged model written to {export_merged(args.run, args.output)}", file=sys.stderr)
-        return 0
-    if args.command == "data":
-        return command_data_check(args)
-    if args.command == "demo":
-        from .demo import run_demo
 
-        run_demo(args.run_dir, overwrite=args.overwrite, overrides=args.overrides, show_progress=show_progress)
-        return 0
-    if args.command == "config":
-        return command_config(args)
-    if args.command == "calibrate":
-        return command_calibrate(args, show_progress)
-    if args.command == "adapt":
-        return command_adapt(args, show_progress)
-    if args.command == "sample":
-        return command_sample(args)
-    if args.command == "estimate":
-        return command_estimate(args)
-    raise AssertionError(args.command)
+def command_export(args, show_progress: bool) -> int:
+    from .export import export_merged
+
+    print(f"merged model written to {export_merged(args.run, args.output)}", file=sys.stderr)
+    return 0
+
+
+def command_demo(args, show_progress: bool) -> int:
+    from .demo import run_demo
+
+    run_demo(args.run_dir, overwrite=args.overwrite, overrides=args.overrides, show_progress=show_progress)
+    return 0
 
 
 def command_train(args, show_progress: bool) -> int:
@@ -309,7 +303,7 @@ def command_predict(args, show_progress: bool) -> int:
     return 0
 
 
-def command_baseline(args) -> int:
+def command_baseline(args, show_progress: bool) -> int:
     from .baseline import run_baseline
     from .config import load_config
     from .files import write_json
@@ -324,7 +318,7 @@ def command_baseline(args) -> int:
     return 0
 
 
-def command_data_check(args) -> int:
+def command_data_check(args, show_progress: bool) -> int:
     """The checks every run's data goes through, on any files; the passage-length check needs the tokenizer
     of the config's model and is skipped, saying why, when it cannot be loaded."""
     from .checks import check_lengths, check_tables
@@ -377,7 +371,7 @@ def command_calibrate(args, show_progress: bool) -> int:
     return 0
 
 
-def command_sample(args) -> int:
+def command_sample(args, show_progress: bool) -> int:
     from .audit import draw_audit_sample
     from .terminal import console
 
@@ -405,26 +399,21 @@ def command_adapt(args, show_progress: bool) -> int:
     return 0
 
 
-def command_estimate(args) -> int:
-    from .audit import read_coded_sheet
-    from .estimation import estimate_shares
-    from .findings import coverage_note, write_findings
+def command_estimate(args, show_progress: bool) -> int:
+    from .findings import coverage_note, estimate_findings
     from .terminal import console, shares_table
 
-    audit = None
-    if args.audit:
-        audit = read_coded_sheet(args.audit, args.predictions, id_column=args.id_column,
-                                 encoding=args.encoding or "utf-8", delimiter=args.delimiter, sheet=args.sheet)
     by = split_list(args.by)
-    table = estimate_shares(args.predictions, audit, by, args.time_column, args.time_unit, args.id_column)
-    folder = write_findings(table, args.output_dir, by, args.time_column, str(args.predictions), args.audit)
+    table, folder = estimate_findings(args.predictions, args.output_dir, args.audit, by, args.time_column,
+                                      args.time_unit, args.id_column, encoding=args.encoding or "utf-8",
+                                      delimiter=args.delimiter, sheet=args.sheet)
     console.print(shares_table(table, by + (["period"] if args.time_column else [])))
     console.print(f"[yellow]{coverage_note(args.audit)}[/yellow]")
     console.print(f"written: {folder}/shares.csv, shares.parquet, shares.html and the figure")
     return 0
 
 
-def command_config(args) -> int:
+def command_config(args, show_progress: bool) -> int:
     from .config import explain_keys, keys_markdown_table, load_config
 
     if args.markdown:

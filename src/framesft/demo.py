@@ -7,12 +7,11 @@ import shutil
 import time
 from pathlib import Path
 
-from .audit import draw_audit_sample, read_coded_sheet
+from .audit import draw_audit_sample
 from .config import FrameSFTConfig, load_config
 from .dataset import load_run_data
-from .estimation import estimate_shares
 from .evaluation import evaluate_texts
-from .findings import write_findings
+from .findings import estimate_findings
 from .inference import load_classifier, load_zero_shot, predict_texts
 from .metrics import headline
 from .files import write_json
@@ -96,9 +95,7 @@ def shares_from_test_split(run_dir: Path, labels: list[str], text_column: str):
     gold = dict(zip(corpus["id"], predictions["label"]))
     sheet["label"] = [gold[i] for i in sheet["id"]]  # a human coder would fill this column in
     sheet.to_csv(work / "coding_sheet_coded.csv", index=False)
-    audit = read_coded_sheet(work / "coding_sheet_coded.csv", work / "test_predictions.csv", labels)
-    shares = estimate_shares(work / "test_predictions.csv", audit)
     shutil.rmtree(run_dir / "shares", ignore_errors=True)
-    write_findings(shares, run_dir / "shares", [], None, str(work / "test_predictions.csv"),
-                   str(work / "coding_sheet_coded.csv"))
+    shares, _ = estimate_findings(work / "test_predictions.csv", run_dir / "shares", work / "coding_sheet_coded.csv",
+                                  labels=labels)
     return shares

@@ -26,16 +26,16 @@ def evaluate_texts(classifier: Classifier, texts: Sequence[str], y_true: Sequenc
     """Metrics and the predictions table (calibrated probabilities) of a classifier on labelled passages.
 
     Besides the classification metrics: calibration before/after the classifier's temperature (with
-    `calibrate`, the temperature is first fitted on these passages) and agreement statistics of the model as a
-    coder (with `coders`, human coders' columns, also human-human agreement).
+    `calibrate`, a temperature fitted on these passages instead, returned as metrics["calibration"]["temperature"];
+    the classifier itself is left as it is) and agreement statistics of the model as a coder (with `coders`,
+    human coders' columns, also human-human agreement).
     """
     raw = classifier.score(texts, description, show_progress, calibrated=False)
     truth = [classifier.labels.index(label) for label in y_true]
-    if calibrate:
-        classifier.temperature = fit_temperature(raw.scores, truth)
-    scores = classifier.calibrated(raw)
+    temperature = fit_temperature(raw.scores, truth) if calibrate else classifier.temperature
+    scores = raw.with_calibration(temperature, classifier.label_bias)
     metrics = classification_metrics(list(y_true), scores.predictions, classifier.labels)
-    metrics["calibration"] = calibration_report(raw.scores, truth, classifier.temperature, classifier.label_bias)
+    metrics["calibration"] = calibration_report(raw.scores, truth, temperature, classifier.label_bias)
     reason = why_not_fit(raw.scores, truth) if calibrate else None
     if reason:
         metrics["calibration"]["not_fitted"] = reason

@@ -1,16 +1,36 @@
-"""`framesft estimate`'s outputs: the share table (CSV and Parquet), figures (PNG) and one HTML page that
-works offline (figures embedded), saying plainly what the intervals cover."""
+"""`framesft estimate`: the flow (coded sheet read, shares estimated, findings written) and its outputs: the
+share table (CSV and Parquet), figures (PNG) and one HTML page that works offline (figures embedded), saying
+plainly what the intervals cover."""
 
 from __future__ import annotations
 
 import html
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 
-from .plots import png_bytes, png_data_uri, shares_by_group_figure, shares_over_time_figure
+from .audit import read_coded_sheet
 from .errors import RunFolderError
+from .estimation import estimate_shares
 from .files import atomic_directory
+from .plots import png_bytes, png_data_uri, shares_by_group_figure, shares_over_time_figure
+
+
+def estimate_findings(predictions: str | Path, output_dir: str | Path, audit: str | Path | None = None,
+                      by: Sequence[str] = (), time_column: str | None = None, time_unit: str = "month",
+                      id_column: str | None = None, labels: list[str] | None = None, encoding: str = "utf-8",
+                      delimiter: str | None = None, sheet: str | None = None) -> tuple[pd.DataFrame, Path]:
+    """`framesft estimate`: read the coded audit sheet (if any), estimate the shares, write the findings folder;
+    returns the share table and the folder."""
+    coded = None
+    if audit is not None:
+        coded = read_coded_sheet(audit, predictions, labels, id_column=id_column, encoding=encoding,
+                                 delimiter=delimiter, sheet=sheet)
+    by = list(by)
+    table = estimate_shares(predictions, coded, by, time_column, time_unit, id_column)
+    folder = write_findings(table, output_dir, by, time_column, str(predictions), str(audit) if audit else None)
+    return table, folder
 
 
 def write_findings(table: pd.DataFrame, output_dir: str | Path, by: list[str], time_column: str | None,

@@ -400,6 +400,7 @@ def evaluate_and_summarise(result: TrainResult, classifier: Classifier, data: Ru
         metrics, predictions = evaluate_texts(classifier, table[text_col].tolist(), table[label_col].tolist(),
                                               f"final {split}", show_progress, calibrate=split == "validation")
         if split == "validation":
+            classifier.temperature = metrics["calibration"]["temperature"]  # the test split is scored with it
             not_fitted = metrics["calibration"].get("not_fitted")
             save_temperature(result.run_dir, classifier.temperature, "validation split", len(table),
                              metrics["calibration"], not_fitted)
