@@ -54,7 +54,7 @@ def allocate(stratum_sizes: dict[str, int], n: int) -> dict[str, int]:
     return sizes
 
 
-def draw_audit_sample(predictions: str | Path, n: int, output: str | Path, stratify_by: str | None = None,
+def draw_audit_sample(predictions: str | Path, n: int, output: str | Path, *, stratify_by: str | None = None,
                       seed: int = 0, id_column: str | None = None, corpus: str | Path | None = None,
                       text_column: str = "chunk_text", corpus_id_column: str | None = None,
                       include_model_label: bool = False, encoding: str = "utf-8",

@@ -295,8 +295,9 @@ def command_predict(args, show_progress: bool) -> int:
         return 0
     if not args.output:
         raise FrameSFTError("predict --input needs --output FILE (.csv or .parquet)")
-    n = predict_corpus(args.run, args.input, args.output, args.text_column, args.id_column, args.query,
-                       args.chunk_rows, show_progress, args.encoding, args.delimiter, split_list(args.keep_columns),
+    n = predict_corpus(args.run, args.input, args.output, text_column=args.text_column, id_column=args.id_column,
+                       query=args.query, chunk_rows=args.chunk_rows, show_progress=show_progress,
+                       encoding=args.encoding, delimiter=args.delimiter, keep_columns=split_list(args.keep_columns),
                        sheet=args.sheet)
     if n is not None:
         print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
@@ -321,36 +322,18 @@ def command_baseline(args, show_progress: bool) -> int:
 def command_data_check(args, show_progress: bool) -> int:
     """The checks every run's data goes through, on any files; the passage-length check needs the tokenizer
     of the config's model and is skipped, saying why, when it cannot be loaded."""
-    from .checks import check_lengths, check_tables
     from .config import load_config
-    from .tables import read_table
+    from .dataset import check_data_files
     from .terminal import console, print_data_report
 
     config = load_config(args.config, args.overrides)
-    data = config.data.with_format(args.encoding, args.delimiter, args.sheet)
-    text_column = args.text_column or data.text_column
-    label_column = args.label_column or data.label_column
-    labels = [s.strip() for s in args.labels.split(",")] if args.labels else data.labels_in_order()
-    tables = [(path, read_table(path, [text_column, label_column], data.encoding, data.delimiter, data.sheet))
-              for path in args.files]
-    reports, labels, _ = check_tables(tables, text_column, label_column, labels, data.num_labels,
-                                      data.near_duplicate_threshold)
-    method = None
-    if args.config:
-        from .errors import FrameSFTError
-        from .methods import build_method
-        from .modeling import load_tokenizer, resolve_model_path
-
-        try:
-            tokenizer = load_tokenizer(resolve_model_path(config.model.base_model), config.model.trust_remote_code)
-            method = build_method(config, tokenizer, labels)
-        except FrameSFTError as exc:
-            skipped = f"skipped the passage-length check (it needs the model's tokenizer): {exc}"
-    for report, (path, table) in zip(reports, tables):
-        if method is not None:
-            check_lengths(table[text_column], method.count_tokens, method.max_text_tokens, path, report)
+    config.data = config.data.with_format(args.encoding, args.delimiter, args.sheet)
+    labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
+    reports, skipped = check_data_files(args.files, config, with_tokenizer=bool(args.config),
+                                        text_column=args.text_column, label_column=args.label_column, labels=labels)
+    for report in reports:
         print_data_report(report)
-    if args.config and method is None:
+    if skipped:
         console.print(f"[yellow]note[/yellow]: {skipped}")
     return 1 if any(report.errors for report in reports) else 0
 
@@ -375,9 +358,10 @@ def command_sample(args, show_progress: bool) -> int:
     from .audit import draw_audit_sample
     from .terminal import console
 
-    sheet = draw_audit_sample(args.predictions, args.n, args.output, args.stratify_by, args.seed, args.id_column,
-                              args.corpus, args.text_column, args.corpus_id_column, args.with_model_label,
-                              args.encoding or "utf-8", args.delimiter, args.sheet)
+    sheet = draw_audit_sample(args.predictions, args.n, args.output, stratify_by=args.stratify_by, seed=args.seed,
+                              id_column=args.id_column, corpus=args.corpus, text_column=args.text_column,
+                              corpus_id_column=args.corpus_id_column, include_model_label=args.with_model_label,
+                              encoding=args.encoding or "utf-8", delimiter=args.delimiter, sheet=args.sheet)
     design = "simple random sample" if not args.stratify_by else f"stratified by {args.stratify_by}"
     console.print(f"wrote {len(sheet)} rows ({design}) to {args.output}: fill in the 'label' column, then run "
                   f"framesft estimate {args.predictions} --audit {args.output}")

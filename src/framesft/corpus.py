@@ -222,14 +222,16 @@ def merge_parts(parts: Path, n_chunks: int, output: Path) -> int:
 # ------------------------------------------------------------------------------------------ prediction
 
 
-def predict_corpus(run_dir: str | Path, input_path: str | Path, output_path: str | Path,
+def predict_corpus(run_dir: str | Path, input_path: str | Path, output_path: str | Path, *,
                    text_column: str | None = None, id_column: str | None = None, query: str | None = None,
                    chunk_rows: int = 1000, show_progress: bool = True, encoding: str | None = None,
-                   delimiter: str | None = None, keep_columns: Sequence[str] = (), sheet: str | None = None) -> int | None:
+                   delimiter: str | None = None, keep_columns: Sequence[str] = (),
+                   sheet: str | None = None) -> int | None:
     """Label every row of a corpus, streaming and resumable; returns the row count.
 
     CSV/TSV input is read with the run's data.encoding and data.delimiter unless `encoding`/`delimiter` are
-    given. `keep_columns` are copied from the input into the output, after the id. Under `accelerate launch`/`torchrun` every process scores its share of the chunks and the main
+    given (`sheet`: which sheet of an .xlsx workbook). `keep_columns` are copied from the input into the output,
+    after the id. Under `accelerate launch`/`torchrun` every process scores its share of the chunks and the main
     process merges; the other processes return None.
     """
     # torch and the model load only when predicting (sample and estimate read corpora through this module too)

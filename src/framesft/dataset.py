@@ -140,3 +140,30 @@ def stratified_split(table: pd.DataFrame, label_column: str, fraction: float, se
     ordered = table.loc[sorted(table.index, key=lambda row: place[group_of_row[row]])]
     in_validation = group_of_row[ordered.index].isin(set(validation_groups))
     return ordered[~in_validation].reset_index(drop=True), ordered[in_validation].reset_index(drop=True)
+
+
+def check_data_files(paths: Sequence[str | Path], config: FrameSFTConfig, with_tokenizer: bool = True,
+                     text_column: str | None = None, label_column: str | None = None,
+                     labels: list[str] | None = None) -> tuple[list[DataReport], str | None]:
+    """`framesft data check`: the checks every run's data goes through, on any files; returns one report per file
+    and, when the passage-length check was skipped, why (it needs the tokenizer of the config's model)."""
+    from .errors import FrameSFTError
+    from .methods import build_method  # transformers loads only for the length check
+    from .modeling import load_tokenizer, resolve_model_path
+
+    data = config.data
+    text_column, label_column = text_column or data.text_column, label_column or data.label_column
+    tables = [(str(path), read_table(path, [text_column, label_column], data.encoding, data.delimiter, data.sheet))
+              for path in paths]
+    reports, labels, _ = check_tables(tables, text_column, label_column, labels or data.labels_in_order(),
+                                      data.num_labels, data.near_duplicate_threshold)
+    if not with_tokenizer:
+        return reports, None
+    try:
+        tokenizer = load_tokenizer(resolve_model_path(config.model.base_model), config.model.trust_remote_code)
+        method = build_method(config, tokenizer, labels)
+    except FrameSFTError as exc:
+        return reports, f"skipped the passage-length check (it needs the model's tokenizer): {exc}"
+    for report, (path, table) in zip(reports, tables):
+        check_lengths(table[text_column], method.count_tokens, method.max_text_tokens, path, report)
+    return reports, None
