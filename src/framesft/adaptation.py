@@ -7,9 +7,8 @@ touching the model's weights: it fits a temperature and one bias per label on th
 (p = softmax(score / T + b), calibration.fit_temperature_and_bias) and writes a new, complete run folder that
 `evaluate`, `predict`, `compare` and `export` accept like any other.
 
-Why not train further: on the Brexit dev passages, continuing the adapter on coded passages made held-out F1
-worse (0.581 -> 0.544), while the per-label bias, cross-fitted over five folds, raised F1 macro by 0.06-0.09
-(README, "The accuracy campaign"). The biases have six numbers to learn, not millions.
+Why not train further: a few hundred coded passages are enough to learn one number per label, not to move
+millions of weights without over-fitting them (README, "The accuracy campaign", has the figures).
 
 Honest by construction:
 - before fitting on all coded passages, `adapt` measures what the adaptation does on passages it has not seen:

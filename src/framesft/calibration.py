@@ -8,7 +8,7 @@ probabilities; the predicted label (the argmax) never changes, because T is one 
 A run adapted to coded passages (`framesft adapt`, adaptation.py) adds one bias per label:
 p = softmax(score / T + b), T and b fitted together by log loss with a small L2 penalty on b. Unlike T alone,
 the biases move the predicted labels: they shift the model toward the label shares and boundaries of the coded
-passages (on the Brexit dev passages, cross-fitted: F1 macro +0.06 to +0.09, see the README).
+passages.
 
 The temperature (and an adapted run's biases) are stored in the run folder (`calibration.json`) and used by
 `evaluate`, `predict`, `compare` and `estimate`. Measures, before and after: expected calibration error (ECE, top label, 15 equal-width bins),
@@ -34,7 +34,7 @@ CALIBRATION_FILE = "calibration.json"
 ECE_BINS = 15
 MIN_PASSAGES = 30  # fewer labelled passages than this give no reliable temperature
 # L2 penalty on the per-label biases (per passage's log loss): keeps a label that the coded passages hold only a
-# few times from being pushed far; 0.01 is what the cross-fitted campaign measured (benchmarks/adaptation_crossfit.py)
+# few times from being pushed far
 BIAS_PENALTY = 0.01
 
 

@@ -10,10 +10,9 @@ each element is dropped independently with probability p and the kept ones are s
 layer's expected output is unchanged; torch's generator draws it, so a seeded run repeats itself and gradient
 checkpointing's recomputation draws the same drops.
 
-On this machine a training step's elementwise work is bound by memory bandwidth (about 10 GB/s), so passes over
-activation-sized tensors cost as much as matmuls. `_FusedLoraLinear` computes a LoRA layer with eight such passes
-fewer than PEFT's module-by-module forward and backward, and saves less for the backward pass.
-`benchmarks/training_throughput.py` measures both.
+On a CPU a training step's elementwise work is bound by memory bandwidth, so passes over activation-sized
+tensors cost as much as matmuls. `_FusedLoraLinear` computes a LoRA layer with eight such passes fewer than
+PEFT's module-by-module forward and backward, and saves less for the backward pass (the benchmarks measure it).
 """
 
 from __future__ import annotations

@@ -50,9 +50,8 @@ class Classifier:
 
 def merged_for_scoring(model):
     """The LoRA weights folded into the base weights (PEFT's merge_and_unload, in place): the same scores up to
-    rounding, without the adapters' extra small matmuls in every layer (1.23x faster scoring of the trained
-    Gemma run on CPU, benchmarks/results/scoring_speed.json). Trained runs and `framesft evaluate` both score
-    this way, so they agree exactly."""
+    rounding, without the adapters' extra small matmuls in every layer. Trained runs and `framesft evaluate` both
+    score this way, so they agree exactly."""
     return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
 
 
