@@ -207,11 +207,11 @@ def test_every_key_documents_itself():
     assert by_key["evaluation.metric"]["type"].startswith("f1_macro | f1_micro")
 
 
-def test_readme_key_table_is_generated_from_the_schema():
-    """The README's table of keys is `framesft config --markdown`; regenerate it when this fails."""
+def test_docs_key_table_is_generated_from_the_schema():
+    """docs/configuration.md's table of keys is `framesft config --markdown`; regenerate it when this fails."""
     from framesft.config import keys_markdown_table
 
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    readme = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
     start, end = "<!-- config-keys:start (framesft config --markdown) -->\n", "<!-- config-keys:end -->"
     assert start in readme and end in readme
     assert readme.split(start, 1)[1].split(end, 1)[0] == keys_markdown_table()
