@@ -15,7 +15,7 @@ import pandas as pd
 
 from .checks import DataReport, check_lengths, check_table, check_tables, raise_on_errors, rows_text
 from .config import DataSection, FrameSFTConfig
-from .errors import DataError
+from .errors import DataError, FrameSFTError
 from .tables import read_table
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,6 @@ def check_data_files(paths: Sequence[str | Path], config: FrameSFTConfig, with_t
                      labels: list[str] | None = None) -> tuple[list[DataReport], str | None]:
     """`framesft data check`: the checks every run's data goes through, on any files; returns one report per file
     and, when the passage-length check was skipped, why (it needs the tokenizer of the config's model)."""
-    from .errors import FrameSFTError
     from .methods import build_method  # transformers loads only for the length check
     from .modeling import load_tokenizer, resolve_model_path
 
