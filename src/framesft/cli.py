@@ -121,6 +121,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add the model's label to the sheet (off by default: it anchors coders)")
     add_file_format(p, "utf-8", "by suffix")
 
+    p = commands.add_parser("plan", help="how many passages to code for intervals of a given half-width",
+                            description="Before coding: the audit size that gives 95%% PPI intervals of the chosen "
+                            "half-width for every label, overall and per group, predicted from the model's errors on "
+                            "labelled passages (a run's validation split, or a coded pilot audit) and the spread of "
+                            "its probabilities in the corpus; with the size the audit alone would need.")
+    p.set_defaults(handler=command_plan)
+    p.add_argument("predictions", help="the .csv or .parquet file `framesft predict` wrote")
+    p.add_argument("--labelled", required=True,
+                   help="the run folder that wrote the predictions (its validation split) or a coded pilot sheet")
+    p.add_argument("--half-width", type=float, default=0.05, help="target half-width of the 95%% intervals "
+                                                                   "(default 0.05: +-5 points)")
+    p.add_argument("--by", help="comma-separated grouping columns (kept with predict --keep-columns)")
+    p.add_argument("--time-column", help="date column for shares over time (YYYY-MM-DD)")
+    p.add_argument("--time-unit", default="month", choices=["day", "week", "month", "quarter", "year"])
+    p.add_argument("--id-column", help="id column of the predictions (default: their first column)")
+    p.add_argument("--output", help="write the plan as CSV here")
+
     p = commands.add_parser("estimate", help="frame shares with confidence intervals, overall, per group, over time",
                             description="Classify-and-count, calibrated probabilistic classify-and-count and, with a "
                             "coded audit sample, prediction-powered (PPI++) estimates with 95%% intervals. Writes "
@@ -394,6 +411,22 @@ def command_estimate(args, show_progress: bool) -> int:
     console.print(shares_table(table, by + (["period"] if args.time_column else [])))
     console.print(f"[yellow]{coverage_note(args.audit)}[/yellow]")
     console.print(f"written: {folder}/shares.csv, shares.parquet, shares.html and the figure")
+    return 0
+
+
+def command_plan(args, show_progress: bool) -> int:
+    from .files import write_table
+    from .planning import plan_audit
+    from .terminal import console, plan_table
+
+    by = split_list(args.by)
+    table, errors = plan_audit(args.predictions, args.labelled, args.half_width, by, args.time_column,
+                               args.time_unit, args.id_column)
+    console.print(plan_table(table, by + (["period"] if args.time_column else []), args.half_width))
+    console.print(f"model errors from {errors.passages} labelled passages of {errors.source}; draw the audit with "
+                  f"`framesft sample {args.predictions} --n N` (the overall row) or per group with --stratify-by")
+    if args.output:
+        write_table(args.output, table)
     return 0
 
 

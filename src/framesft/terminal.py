@@ -89,6 +89,20 @@ def adaptation_table(record: dict) -> Table:
     return table
 
 
+def plan_table(table, group_columns: list[str], half_width: float) -> Table:
+    """`framesft plan`: per group, the audit size for 95% intervals of +- half_width, with and without the model."""
+    result = Table(title=f"audit size for 95% intervals of +-{half_width:.3f} on every label")
+    columns = [*group_columns, "corpus rows", "audit n (PPI++)", "audit alone n", "widest label",
+               "half-width at n/2", "at n", "at 2n"]
+    for column in columns:
+        result.add_column(column, justify="left" if column in group_columns or column == "widest label" else "right")
+    for _, row in table.iterrows():
+        result.add_row(*[str(row[c]) for c in group_columns], str(row["rows"]), str(row["audit_n"]),
+                       str(row["audit_alone_n"]), row["widest_label"], f"{row['half_width_at_half_n']:.3f}",
+                       f"{row['half_width_at_n']:.3f}", f"{row['half_width_at_2n']:.3f}")
+    return result
+
+
 def shares_table(table, group_columns: list[str]) -> Table:
     """The share table: one row per group and label, the best estimate first."""
     best = "ppi" if "ppi" in table.columns else "pcc"
