@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test chromium clean
+.PHONY: install demo test chromium tex clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ install: $(STAMP)
 demo: install
 	$(BIN)/framesft demo --overwrite
 
-test: install chromium
+test: install chromium tex
 	$(BIN)/python -m pytest
 	# the training tests again as an AMX CPU's compute plan runs them (bf16 weights under autocast): the suite
 	# must not depend on which kind of CPU it runs on (pytest --cpu-kind; see tests/conftest.py)
@@ -37,6 +37,15 @@ chromium:
 	  { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
 	  echo "note: chromium could not be installed; the report rendering test will be skipped"
+
+# pdflatex (booktabs) and poppler (pdftoppm, pdffonts): the tests compile shares.tex and open the figures' PDF;
+# best effort (those tests skip, saying why, without them)
+tex:
+	@{ command -v pdflatex >/dev/null 2>&1 && command -v pdftoppm >/dev/null 2>&1 ; } || \
+	  { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      texlive-latex-base texlive-latex-recommended poppler-utils >/dev/null) ; } || \
+	  echo "note: pdflatex/poppler could not be installed; the LaTeX and PDF tests will be skipped"
 
 clean:
 	rm -rf $(VENV) runs

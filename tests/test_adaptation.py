@@ -128,8 +128,9 @@ def test_estimate_refuses_an_audit_the_run_was_adapted_on(trained_run, tmp_path,
     predictions = tmp_path / "frames.csv"
     assert main(["--quiet", "predict", str(adapted), "--input", str(corpus), "--output", str(predictions),
                  "--id-column", "chunk_id"]) == 0
-    sidecar = json.loads((tmp_path / "frames.csv.adapted_on.json").read_text())
-    assert sidecar["passage_fingerprints"] == [passage_fingerprint(t) for t in sheet["text"]]
+    provenance = json.loads((tmp_path / "frames.csv.framesft.json").read_text())
+    assert provenance["run"] == str(adapted.resolve()) and provenance["method"] == "sft"
+    assert provenance["adapted_on"]["passage_fingerprints"] == [passage_fingerprint(t) for t in sheet["text"]]
 
     audit = tmp_path / "audit.csv"
     sheet.iloc[:40].to_csv(audit, index=False)  # the same passages, coded again: not independent of the model
@@ -143,7 +144,8 @@ def test_estimate_refuses_an_audit_the_run_was_adapted_on(trained_run, tmp_path,
     plain = tmp_path / "plain.csv"
     assert main(["--quiet", "predict", str(trained_run.run_dir), "--input", str(corpus), "--output", str(plain),
                  "--id-column", "chunk_id"]) == 0
-    assert not (tmp_path / "plain.csv.adapted_on.json").exists()
+    provenance = json.loads((tmp_path / "plain.csv.framesft.json").read_text())
+    assert provenance["run"] == str(trained_run.run_dir.resolve()) and "adapted_on" not in provenance
     assert main(["estimate", str(plain), "--audit", str(audit), "--output-dir", str(tmp_path / "shares")]) == 0
 
 

@@ -42,14 +42,14 @@ from .errors import DataError, RunFolderError
 from .files import atomic_directory, read_json, write_json
 from .metrics import classification_metrics
 from .reliability import agreement
-from .runfolder import (ADAPTER_DIR, CONFIG_FILE, DATA_REPORT_FILE, LABEL_DISTRIBUTION_FILE, LABEL_MAP_FILE, SUMMARY_FILE)
+from .runfolder import (ADAPTER_DIR, CONFIG_FILE, DATA_REPORT_FILE, LABEL_DISTRIBUTION_FILE, LABEL_MAP_FILE,
+                        SUMMARY_FILE, read_provenance)
 from .statistics import bootstrap_intervals, paired_comparison
 from .tables import row_number
 
 log = logging.getLogger(__name__)
 
 ADAPTATION_FILE = "adaptation.json"
-ADAPTED_ON_SUFFIX = ".adapted_on.json"  # next to a prediction file written by an adapted run
 # what an adapted run folder keeps of its source run: what scoring needs and what describes the training
 KEPT_FROM_SOURCE = (CONFIG_FILE, LABEL_MAP_FILE, ADAPTER_DIR, DATA_REPORT_FILE, LABEL_DISTRIBUTION_FILE, SUMMARY_FILE)
 
@@ -205,24 +205,18 @@ def adapt_run(run_dir: str | Path, data_path: str | Path, output_dir: str | Path
 # ------------------------------------------------------------------------------------------ estimate's check
 
 
-def write_adapted_on(run_dir: Path, predictions_path: Path) -> None:
-    """Next to a prediction file of an adapted run: which passages the run was fitted on (estimate's check)."""
+def adaptation_provenance(run_dir: Path) -> dict | None:
+    """For the provenance of an adapted run's predictions: which passages it was fitted on (estimate's check)."""
     record = read_json(run_dir / ADAPTATION_FILE)
     if not record:
-        return
-    write_json(adapted_on_path(predictions_path), {
-        "run": str(run_dir.resolve()), "adapted_on": record["data"],
-        "passage_fingerprints": record["passage_fingerprints"]})
-
-
-def adapted_on_path(predictions_path: str | Path) -> Path:
-    path = Path(predictions_path)
-    return path.with_name(path.name + ADAPTED_ON_SUFFIX)
+        return None
+    return {"source_run": record["source_run"], "data": record["data"],
+            "passage_fingerprints": record["passage_fingerprints"]}
 
 
 def check_audit_not_adapted_on(predictions_path: str | Path, audit_texts: Sequence[str], audit_path: str) -> None:
     """Refuse an audit sheet that holds passages the predicting run was adapted on."""
-    record = read_json(adapted_on_path(predictions_path))
+    record = read_provenance(predictions_path).get("adapted_on")
     if not record:
         return
     seen = set(record["passage_fingerprints"])

@@ -21,10 +21,11 @@ from typing import Iterator, Sequence
 
 import pandas as pd
 
-from .adaptation import adapted_on_path, write_adapted_on
+from . import __version__
+from .adaptation import adaptation_provenance
 from .errors import DataError, FrameSFTError, RunFolderError
 from .files import atomic_path, write_json
-from .runfolder import check_run_folder, read_run_config
+from .runfolder import check_run_folder, provenance_path, read_run_config
 from .tables import (DELIMITED_SUFFIXES, csv_options, iter_delimited_chunks, iter_jsonl_records, read_workbook,
                      require_columns, text_encoding)
 from .terminal import progress_bar
@@ -275,12 +276,17 @@ def predict_corpus(run_dir: str | Path, input_path: str | Path, output_path: str
     state.wait_for_everyone()
     if not state.is_main_process:
         return None
-    record_adaptation(Path(run_dir), output)
+    write_provenance(Path(run_dir), classifier.config, output)
     return merge_parts(parts, n_chunks, output)
 
 
-def record_adaptation(run_dir: Path, output: Path) -> None:
-    """An adapted run's predictions carry, next to them, which passages it was fitted on (so that `estimate`
-    can refuse them as audit); any other run's predictions leave no such file (a stale one is removed)."""
-    adapted_on_path(output).unlink(missing_ok=True)
-    write_adapted_on(run_dir, output)
+def write_provenance(run_dir: Path, config, output: Path) -> None:
+    """Next to the predictions, the run that wrote them: `estimate`'s methods paragraph reads the model from it,
+    and an adapted run records which passages it was fitted on (`estimate` refuses them as audit). Written
+    before the predictions themselves, so a prediction file never lacks it."""
+    record = {"run": str(run_dir.resolve()), "base_model": config.model.base_model, "method": config.method,
+              "framesft_version": __version__}
+    adapted_on = adaptation_provenance(run_dir)
+    if adapted_on:
+        record["adapted_on"] = adapted_on
+    write_json(provenance_path(output), record)

@@ -1,4 +1,8 @@
-"""Figures (matplotlib, no display needed): the confusion matrix and the learning curves."""
+"""Figures (matplotlib, no display needed): confusion matrix, learning curves, reliability diagram, frame shares.
+
+The share figures come in two sizes: the screen version (PNG, in the HTML page) and a journal-column version
+(3.5 in wide, 7 pt type, legend below) written as PDF with TrueType fonts embedded and as SVG with the glyphs as
+paths, so that neither depends on fonts installed where it is opened."""
 
 from __future__ import annotations
 
@@ -69,6 +73,28 @@ def png_bytes(fig, dpi: int = 110) -> bytes:
     return buffer.getvalue()
 
 
+COLUMN_WIDTH_INCHES = 3.5  # one column of a two-column journal page (about 89 mm)
+JOURNAL_STYLE = {"font.size": 7, "axes.titlesize": 7, "axes.labelsize": 7, "legend.fontsize": 6.5,
+                 "xtick.labelsize": 6.5, "ytick.labelsize": 6.5, "lines.markersize": 3, "lines.linewidth": 1.0,
+                 "pdf.fonttype": 42, "svg.fonttype": "path"}  # 42: TrueType, embedded whole (journals ask for it)
+
+
+def save_vector_figures(make_figure, stem: Path) -> list[Path]:
+    """The figure that make_figure() draws, in the journal style, as stem.pdf and stem.svg."""
+    import matplotlib
+
+    plt = _pyplot()
+    with matplotlib.rc_context(JOURNAL_STYLE):
+        fig = make_figure()
+        paths = []
+        for suffix in (".pdf", ".svg"):
+            path = stem.with_suffix(suffix)
+            fig.savefig(path, format=suffix[1:], bbox_inches="tight")
+            paths.append(path)
+    plt.close(fig)
+    return paths
+
+
 def png_data_uri(fig_or_png, dpi: int = 110) -> str:
     """A figure (or PNG bytes) as an inline image for a self-contained HTML page."""
     data = fig_or_png if isinstance(fig_or_png, bytes) else png_bytes(fig_or_png, dpi)
@@ -80,14 +106,16 @@ def _share_columns(table) -> tuple[str, str]:
     return ("ppi", "PPI (model + audit)") if "ppi" in table.columns else ("pcc", "PCC (sampling noise only)")
 
 
-def shares_over_time_figure(table, group_column: str | None = None):
-    """One panel per group (or one panel), a line per label over the periods, with its 95% interval as a band."""
+def shares_over_time_figure(table, group_column: str | None = None, column: bool = False):
+    """One panel per group (or one panel), a line per label over the periods, with its 95% interval as a band.
+    column=True: sized for a journal column (COLUMN_WIDTH_INCHES wide, legend below)."""
     plt = _pyplot()
     estimate, description = _share_columns(table)
     rows = table[table["period"] != "(all)"]
     groups = ["(all)"] + ([] if group_column is None else sorted(v for v in rows[group_column].unique()
                                                                  if v != "(all)"))
-    fig, axes = plt.subplots(len(groups), 1, figsize=(10, 3.2 * len(groups)), squeeze=False)
+    width, panel = (COLUMN_WIDTH_INCHES, 1.9) if column else (10, 3.2)
+    fig, axes = plt.subplots(len(groups), 1, figsize=(width, panel * len(groups)), squeeze=False)
     for ax, group in zip(axes[:, 0], groups):
         part = rows if group_column is None else rows[rows[group_column] == group]
         for label, line in part.groupby("label", sort=False):
@@ -97,13 +125,22 @@ def shares_over_time_figure(table, group_column: str | None = None):
         ax.set(ylabel="share", ylim=(0, None), title=f"{group_column} = {group}" if group != "(all)" else
                f"frame shares over time: {description}, 95% intervals")
         ax.tick_params(axis="x", rotation=45)
-    axes[0, 0].legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    _legend(axes[-1, 0] if column else axes[0, 0], column)
     fig.tight_layout()
     return fig
 
 
-def shares_by_group_figure(table, group_column: str | None = None):
-    """Grouped bars: a bar per label for each group (or overall), with 95% interval whiskers."""
+def _legend(ax, column: bool) -> None:
+    """Beside the plot on a screen; below it in a journal column, where the width is taken."""
+    if column:
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=3, frameon=False)
+    else:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+
+
+def shares_by_group_figure(table, group_column: str | None = None, column: bool = False):
+    """Grouped bars: a bar per label for each group (or overall), with 95% interval whiskers.
+    column=True: sized for a journal column (COLUMN_WIDTH_INCHES wide, legend below)."""
     plt = _pyplot()
     estimate, description = _share_columns(table)
     if group_column is None:
@@ -114,7 +151,7 @@ def shares_by_group_figure(table, group_column: str | None = None):
         groups = sorted(rows[group_column].unique())
     labels = list(dict.fromkeys(table["label"]))
     width = 0.8 / max(1, len(labels))
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups) + 3), 4))
+    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH_INCHES, 2.6) if column else (max(6, 1.6 * len(groups) + 3), 4))
     for j, label in enumerate(labels):
         part = rows[rows["label"] == label]
         values = [part[part[group_column] == g] if group_column else part for g in groups]
@@ -125,7 +162,7 @@ def shares_by_group_figure(table, group_column: str | None = None):
     ax.set_xticks(np.arange(len(groups)) + width * (len(labels) - 1) / 2, groups,
                   rotation=30 if len(groups) > 4 else 0, ha="right" if len(groups) > 4 else "center")
     ax.set(ylabel="share", title=f"frame shares: {description}, 95% intervals")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    _legend(ax, column)
     fig.tight_layout()
     return fig
 

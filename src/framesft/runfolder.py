@@ -22,7 +22,7 @@ from pathlib import Path
 from .config import FrameSFTConfig, load_config
 from .dataset import RunData
 from .errors import RunFolderError
-from .files import atomic_directory, refuse_pickled_weights, write_json
+from .files import atomic_directory, read_json, refuse_pickled_weights, write_json
 
 log = logging.getLogger(__name__)
 
@@ -138,3 +138,19 @@ def validate_checkpoint(checkpoint: str | Path) -> None:
             f"cannot resume from {folder}: {'; '.join(problems)}. Delete that checkpoint folder to resume from the "
             "one before it, or start again with --overwrite"
         )
+
+
+# ------------------------------------------------------------------------------------------ prediction files
+
+
+PROVENANCE_SUFFIX = ".framesft.json"  # next to a prediction file: the run that wrote it (methods.md reads it)
+
+
+def provenance_path(predictions: str | Path) -> Path:
+    path = Path(predictions)
+    return path.with_name(path.name + PROVENANCE_SUFFIX)
+
+
+def read_provenance(predictions: str | Path) -> dict:
+    """What a prediction file records of the run that wrote it; {} for a file without the record."""
+    return read_json(provenance_path(predictions))
