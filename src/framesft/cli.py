@@ -150,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-unit", default="month", choices=["day", "week", "month", "quarter", "year"],
                    help="time bin (default month)")
     p.add_argument("--id-column", help="id column of the predictions (default: their first column)")
+    p.add_argument("--calibrate-on-audit", action="store_true",
+                   help="refit the temperature on the coded audit by cross-fitting (the corpus's own labels; the "
+                        "audit still serves the estimate)")
+    p.add_argument("--folds", type=int, default=5, help="cross-fitting folds for --calibrate-on-audit (default 5)")
     p.add_argument("--output-dir", default="shares", help="new folder for the results (default: shares)")
     add_file_format(p, "utf-8", "by suffix")
 
@@ -407,7 +411,8 @@ def command_estimate(args, show_progress: bool) -> int:
     by = split_list(args.by)
     table, folder = estimate_findings(args.predictions, args.output_dir, args.audit, by, args.time_column,
                                       args.time_unit, args.id_column, encoding=args.encoding or "utf-8",
-                                      delimiter=args.delimiter, sheet=args.sheet)
+                                      delimiter=args.delimiter, sheet=args.sheet,
+                                      calibrate_folds=args.folds if args.calibrate_on_audit else None)
     console.print(shares_table(table, by + (["period"] if args.time_column else [])))
     console.print(f"[yellow]{coverage_note(args.audit)}[/yellow]")
     console.print(f"written: {folder}/shares.csv, shares.parquet, shares.html and the figure")

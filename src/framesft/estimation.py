@@ -17,6 +17,13 @@ the same interval; a test checks this). A stratified audit is weighted by its in
 
 The prediction file is never loaded whole: DuckDB aggregates it (counts, sums and sums of squares per group),
 and only the audit rows are read into memory.
+
+Calibrated on the corpus (`calibrate_folds`, `framesft estimate --calibrate-on-audit`): the run's temperature was
+fitted on its validation split, which may be distributed unlike the corpus. The coded audit is the corpus's own
+labelled data, so the temperature is refitted on it, by cross-fitting so that the audit can still serve the
+estimate (cross-prediction-powered inference, Zrnic & Candes 2024): the audit is split into K folds stratified by
+label, each fold's probabilities come from a temperature fitted on the other folds, and the corpus's
+probabilities are the average of the K refitted ones. A temperature never changes a predicted label.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
+from .adaptation import fold_assignment
+from .calibration import fit_temperature
 from .errors import DataError
 
 TIME_UNITS = ("day", "week", "month", "quarter", "year")
@@ -218,11 +227,56 @@ def check_dates(file: PredictionFile, connection, time_column: str) -> None:
                         f"{', '.join(repr(r[0]) for r in bad)}); write them as YYYY-MM-DD")
 
 
-def corpus_aggregates(file: PredictionFile, connection, groups: dict[str, str]) -> pd.DataFrame:
-    """Per group (and overall): rows, predicted counts, and sum and sum of squares of each probability."""
+def crossfit_temperatures(audited: pd.DataFrame, labels: list[str], folds: int,
+                          seed: int = 0) -> tuple[np.ndarray, list[float]]:
+    """Each audit row's fold (stratified by its gold label) and, per fold, the temperature fitted on the other
+    folds, relative to the stored probabilities p (the refitted ones are proportional to p ** (1 / T))."""
+    if len(audited) < 2 * folds:
+        raise DataError(f"{len(audited)} audit rows cannot be split into {folds} folds for calibration; code more "
+                        "passages or leave out --calibrate-on-audit")
+    truth = np.array([labels.index(g) for g in audited["gold"]])
+    scores = np.log(np.clip(audited[[f"p_{label}" for label in labels]].to_numpy(float), 1e-300, 1.0))
+    fold_of = fold_assignment(truth, folds, seed)
+    return fold_of, [fit_temperature(scores[fold_of != k], truth[fold_of != k]) for k in range(folds)]
+
+
+def recalibrated_audit(audited: pd.DataFrame, labels: list[str], fold_of: np.ndarray,
+                       temperatures: list[float]) -> pd.DataFrame:
+    """The audit rows' probabilities, each from the temperature its own fold was not fitted on."""
+    columns = [f"p_{label}" for label in labels]
+    scores = np.log(np.clip(audited[columns].to_numpy(float), 1e-300, 1.0))
+    scaled = scores / np.array(temperatures)[fold_of][:, None]
+    scaled -= scaled.max(axis=1, keepdims=True)
+    probabilities = np.exp(scaled) / np.exp(scaled).sum(axis=1, keepdims=True)
+    result = audited.copy()
+    result[columns] = probabilities
+    return result
+
+
+def averaged_probability_sql(labels: list[str], temperatures: list[float]) -> dict[str, str]:
+    """SQL per label: the mean over the folds' temperatures of softmax(log p / T_k), from the stored p."""
+    def p(label: str) -> str:
+        return f"greatest(CAST({quote('p_' + label)} AS DOUBLE), 1e-300)"
+
+    expressions = {}
+    for label in labels:
+        terms = []
+        for t in temperatures:
+            power = 1.0 / t
+            denominator = " + ".join(f"pow({p(other)}, {power!r})" for other in labels)
+            terms.append(f"pow({p(label)}, {power!r}) / ({denominator})")
+        expressions[label] = f"(({' + '.join(terms)}) / {len(temperatures)})"
+    return expressions
+
+
+def corpus_aggregates(file: PredictionFile, connection, groups: dict[str, str],
+                      temperatures: list[float] | None = None) -> pd.DataFrame:
+    """Per group (and overall): rows, predicted counts, and sum and sum of squares of each probability (with
+    temperatures: of the probabilities averaged over the cross-fitted temperatures)."""
     parts = ["count(*) AS rows"]
+    averaged = averaged_probability_sql(file.labels, temperatures) if temperatures else {}
     for label in file.labels:
-        p = f"CAST({quote('p_' + label)} AS DOUBLE)"
+        p = averaged.get(label, f"CAST({quote('p_' + label)} AS DOUBLE)")
         parts += [f"sum(CAST(predicted = '{label.replace(chr(39), chr(39) * 2)}' AS INTEGER)) AS {quote('cc_' + label)}",
                   f"sum({p}) AS {quote('s_' + label)}", f"sum({p} * {p}) AS {quote('ss_' + label)}"]
     keys = ", ".join(f"{expr} AS {quote(name)}" for name, expr in groups.items())
@@ -258,16 +312,23 @@ def audit_rows(file: PredictionFile, connection, audit: pd.DataFrame, groups: di
 
 def estimate_shares(predictions: str | Path, audit: pd.DataFrame | None = None, by: Sequence[str] = (),
                     time_column: str | None = None, time_unit: str | None = "month", id_column: str | None = None,
-                    alpha: float = 0.05) -> pd.DataFrame:
+                    alpha: float = 0.05, calibrate_folds: int | None = None) -> pd.DataFrame:
     """One row per (group, label): CC, PCC and, with an audit (columns id, gold, inclusion_probability,
-    stratum), the audit-alone and PPI estimates, each with its 95% interval."""
+    stratum), the audit-alone and PPI estimates, each with its 95% interval. calibrate_folds: refit the
+    temperature on the audit by cross-fitting with this many folds (see the module's docstring)."""
     file, connection = open_predictions(predictions, id_column)
+    temperatures = None
     try:
         groups = group_expressions(file, list(by), time_column, time_unit)
         if time_column:
             check_dates(file, connection, time_column)
-        aggregates = corpus_aggregates(file, connection, groups)
         audited = audit_rows(file, connection, audit, groups) if audit is not None else None
+        if calibrate_folds:
+            if audited is None:
+                raise DataError("calibrating on the audit needs an audit sample (--audit)")
+            fold_of, temperatures = crossfit_temperatures(audited, file.labels, calibrate_folds)
+            audited = recalibrated_audit(audited, file.labels, fold_of, temperatures)
+        aggregates = corpus_aggregates(file, connection, groups, temperatures)
     finally:
         connection.close()
     rows = []
@@ -289,6 +350,9 @@ def estimate_shares(predictions: str | Path, audit: pd.DataFrame | None = None, 
                                     lam, alpha)
             rows.append(row)
     table = pd.DataFrame(rows)
+    table["calibration"] = (f"temperature refitted on the audit, {calibrate_folds}-fold cross-fitted (T relative to "
+                            f"the run's: {', '.join(f'{t:.2f}' for t in temperatures)})" if temperatures
+                            else "the run's temperature")
     table["intervals_cover"] = ("sampling noise and classifier error (PPI)" if audit is not None
                                 else "sampling noise only (no audit sample: classifier error not covered)")
     return table

@@ -24,7 +24,8 @@ from .runfolder import SUMMARY_FILE, read_provenance, read_run_config
 def estimate_findings(predictions: str | Path, output_dir: str | Path, audit: str | Path | None = None,
                       by: Sequence[str] = (), time_column: str | None = None, time_unit: str = "month",
                       id_column: str | None = None, labels: list[str] | None = None, encoding: str = "utf-8",
-                      delimiter: str | None = None, sheet: str | None = None) -> tuple[pd.DataFrame, Path]:
+                      delimiter: str | None = None, sheet: str | None = None,
+                      calibrate_folds: int | None = None) -> tuple[pd.DataFrame, Path]:
     """`framesft estimate`: read the coded audit sheet (if any), estimate the shares, write the findings folder;
     returns the share table and the folder."""
     coded = None
@@ -32,7 +33,8 @@ def estimate_findings(predictions: str | Path, output_dir: str | Path, audit: st
         coded = read_coded_sheet(audit, predictions, labels, id_column=id_column, encoding=encoding,
                                  delimiter=delimiter, sheet=sheet)
     by = list(by)
-    table = estimate_shares(predictions, coded, by, time_column, time_unit, id_column)
+    table = estimate_shares(predictions, coded, by, time_column, time_unit, id_column,
+                            calibrate_folds=calibrate_folds)
     design = None if coded is None else {"n": len(coded), "stratified": is_stratified(coded),
                                          "strata": int(coded["stratum"].nunique())}
     folder = write_findings(table, output_dir, by, time_column, str(predictions), str(audit) if audit else None,
@@ -138,6 +140,10 @@ def methods_paragraph(table: pd.DataFrame, source: str, audit_design: dict | Non
             parts.append(f"On {agreement['units']} held-out passages ({split} split) the model's agreement with the "
                          f"human gold labels was Krippendorff's alpha = {agreement['krippendorff_alpha']:.2f} "
                          f"(95% bootstrap interval {low:.2f} to {high:.2f}; F1 macro {test['f1_macro']:.2f}).")
+        if str(table["calibration"].iloc[0]).startswith("temperature refitted"):
+            parts.append("The model's probabilities were recalibrated on the audit sample by cross-fitted "
+                         "temperature scaling (each audited passage's probability from a temperature fitted on the "
+                         "other folds; Zrnic and Candes 2024).")
         if provenance.get("adapted_on"):
             parts.append("The model's label probabilities were recalibrated (a temperature and one bias per label) "
                          "on coded passages that are not part of the audit sample.")
@@ -171,7 +177,7 @@ def coverage_note(audit_source: str | None) -> str:
 
 
 def findings_html(table: pd.DataFrame, images: dict[str, str], source: str, audit_source: str | None) -> str:
-    shown = table.drop(columns=["intervals_cover"])
+    shown = table.drop(columns=["intervals_cover", "calibration"])
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in shown.columns)
     body = "".join("<tr>" + "".join(f"<td>{v:.3f}</td>" if isinstance(v, float) else f"<td>{html.escape(str(v))}</td>"
                                     for v in row) + "</tr>" for row in shown.itertuples(index=False))
@@ -187,6 +193,7 @@ th {{ background: #f0f3f7; }} img {{ max-width: 100%; }} .note {{ background: #f
 <h1>Frame shares</h1>
 <p>Predictions: {html.escape(source)}</p>
 <p class="note" id="coverage">{html.escape(coverage_note(audit_source))}</p>
+<p id="calibration">Probabilities: {html.escape(str(table["calibration"].iloc[0]))}.</p>
 {pictures}
 <h2>Table</h2>
 <p>cc: classify-and-count; pcc: mean calibrated probability; audit: the human-coded audit alone; ppi:
