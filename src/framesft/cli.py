@@ -241,7 +241,7 @@ def setup_logging(debug: bool) -> None:
 
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(message)s",
                         handlers=[RichHandler(console=console, show_path=debug, rich_tracebacks=debug)], force=True)
-    for noisy in ("httpx", "urllib3", "filelock", "matplotlib", "PIL", "wandb"):
+    for noisy in ("httpx", "urllib3", "filelock", "matplotlib", "PIL", "wandb", "fontTools"):  # fontTools: PDF fonts
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not debug:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -415,7 +415,8 @@ def command_estimate(args, show_progress: bool) -> int:
                                       calibrate_folds=args.folds if args.calibrate_on_audit else None)
     console.print(shares_table(table, by + (["period"] if args.time_column else [])))
     console.print(f"[yellow]{coverage_note(args.audit)}[/yellow]")
-    console.print(f"written: {folder}/shares.csv, shares.parquet, shares.html and the figure")
+    console.print(f"written: {folder}/shares.csv, shares.parquet, shares.html, the figure (PNG; PDF and SVG for a "
+                  "journal column), shares.tex, shares.md and methods.md")
     return 0
 
 

@@ -125,17 +125,20 @@ def shares_over_time_figure(table, group_column: str | None = None, column: bool
         ax.set(ylabel="share", ylim=(0, None), title=f"{group_column} = {group}" if group != "(all)" else
                f"frame shares over time: {description}, 95% intervals")
         ax.tick_params(axis="x", rotation=45)
-    _legend(axes[-1, 0] if column else axes[0, 0], column)
-    fig.tight_layout()
+    _legend(fig, axes[0, 0], column)
     return fig
 
 
-def _legend(ax, column: bool) -> None:
-    """Beside the plot on a screen; below it in a journal column, where the width is taken."""
+def _legend(fig, ax, column: bool) -> None:
+    """Beside the plot on a screen; under the whole figure in a journal column, where the width is taken (added
+    after the layout, so it takes no room from the axes; the tight bounding box of the saved file takes it in)."""
     if column:
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=3, frameon=False)
+        fig.tight_layout()
+        handles, labels = ax.get_legend_handles_labels()
+        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, frameon=False)
     else:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+        fig.tight_layout()
 
 
 def shares_by_group_figure(table, group_column: str | None = None, column: bool = False):
@@ -162,8 +165,7 @@ def shares_by_group_figure(table, group_column: str | None = None, column: bool 
     ax.set_xticks(np.arange(len(groups)) + width * (len(labels) - 1) / 2, groups,
                   rotation=30 if len(groups) > 4 else 0, ha="right" if len(groups) > 4 else "center")
     ax.set(ylabel="share", title=f"frame shares: {description}, 95% intervals")
-    _legend(ax, column)
-    fig.tight_layout()
+    _legend(fig, ax, column)
     return fig
 
 
