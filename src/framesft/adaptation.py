@@ -107,7 +107,8 @@ def crossfit_check(scores: np.ndarray, truth: Sequence[int], labels: Sequence[st
     def summary(predicted: list[str], probs: np.ndarray) -> dict:
         return {"f1_macro": classification_metrics(gold, predicted, list(labels))["f1_macro"],
                 "f1_ci95": bootstrap_intervals(gold, predicted, list(labels))["f1_macro"],
-                "krippendorff_alpha": agreement([gold, predicted], list(labels), n_resamples=200)["krippendorff_alpha"],
+                "krippendorff_alpha": agreement([gold, predicted], list(labels),
+                                                n_resamples=200)["krippendorff_alpha"],
                 "ece": calibration_measures(probs, truth)["ece"]}
 
     before = summary(unadapted, probabilities(scores, base_temperature))
@@ -150,7 +151,8 @@ def adapt_run(run_dir: str | Path, data_path: str | Path, output_dir: str | Path
 
     run_dir, output_dir = Path(run_dir), Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
-        raise RunFolderError(f"{output_dir} already exists; pass --overwrite to replace it or choose another --run-dir")
+        raise RunFolderError(f"{output_dir} already exists; pass --overwrite to replace it or choose another "
+                             "--run-dir")
     if output_dir.resolve() == run_dir.resolve():
         raise RunFolderError(f"--run-dir {output_dir} is the run itself; the adapted run goes into a new folder")
     if folds < 2:
@@ -176,12 +178,14 @@ def adapt_run(run_dir: str | Path, data_path: str | Path, output_dir: str | Path
         "method": "per-label bias and temperature on the run's label scores (weights unchanged)",
         "source_run": str(run_dir.resolve()), "data": str(Path(data_path).resolve()),
         "data_sha256": file_sha256(data_path), "text_column": data.text_column, "label_column": data.label_column,
-        "passages": len(texts), "label_counts": {label: int((truth == i).sum()) for i, label in enumerate(classifier.labels)},
+        "passages": len(texts),
+        "label_counts": {label: int((truth == i).sum()) for i, label in enumerate(classifier.labels)},
         "temperature": temperature, "label_bias": dict(zip(classifier.labels, map(float, bias))),
         "crossfit": check,
         # row numbers as in error messages (a CSV's header is row 1) and a fingerprint of each passage (estimate's
         # check)
-        "rows": [row_number(int(i), data_path) for i in table.index], "passage_fingerprints": [passage_fingerprint(t) for t in texts],
+        "rows": [row_number(int(i), data_path) for i in table.index],
+        "passage_fingerprints": [passage_fingerprint(t) for t in texts],
     }
     with atomic_directory(output_dir) as staging:
         for name in KEPT_FROM_SOURCE:
@@ -224,6 +228,6 @@ def check_audit_not_adapted_on(predictions_path: str | Path, audit_texts: Sequen
     if overlap:
         raise DataError(
             f"{audit_path}: {len(overlap)} coded passages ({rows_text(overlap, audit_path)}) are passages the run "
-            f"that wrote {predictions_path} was adapted on ({record['adapted_on']}); prediction-powered intervals "
+            f"that wrote {predictions_path} was adapted on ({record['data']}); prediction-powered intervals "
             "need audit labels the model has not learnt from. Code a fresh audit sample (`framesft sample` with "
             "another --seed, leaving these passages out), or estimate with the predictions of the unadapted run")

@@ -109,8 +109,9 @@ def markdown_table(printed: pd.DataFrame, note: str) -> str:
     def cell(value) -> str:
         return str(value).replace("|", "\\|")
 
+    numeric = ("Passages", "Share", "95% CI")  # right-aligned
     lines = ["| " + " | ".join(printed.columns) + " |",
-             "| " + " | ".join("---:" if c in ("Passages", "Share", "95% CI") else "---" for c in printed.columns) + " |"]
+             "| " + " | ".join("---:" if c in numeric else "---" for c in printed.columns) + " |"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in printed.itertuples(index=False)]
     return "\n".join(lines) + f"\n\n{note}\n"
 
