@@ -128,9 +128,10 @@ def methods_paragraph(table: pd.DataFrame, source: str, audit_design: dict | Non
         t = config.training
         method = ("generative supervised fine-tuning (the model generates the frame label; every label is scored "
                   "by its log-likelihood)" if config.method == "sft" else "a sequence-classification head")
-        parts.append(f"Passages were classified into {table['label'].nunique()} frames with {config.model.base_model} "
+        parts.append(f"Passages were classified into {table['label'].nunique()} frames with "
+                     f"{config.model.base_model} "
                      f"fine-tuned by {method} with LoRA (rank {t.lora_r}, alpha {t.lora_alpha}, dropout "
-                     f"{t.lora_dropout}; learning rate {t.learning_rate:g}, {t.num_epochs:g} epochs) on "
+                     f"{t.lora_dropout}; learning rate {t.learning_rate:g}, up to {t.num_epochs:g} epochs) on "
                      f"{summary.get('train_examples', 'an unrecorded number of')} labelled passages, using framesft "
                      f"{provenance.get('framesft_version', __version__)}.")
         test = read_json(run / "metrics_test.json") or read_json(run / "metrics_validation.json")
@@ -141,16 +142,16 @@ def methods_paragraph(table: pd.DataFrame, source: str, audit_design: dict | Non
             parts.append(f"On {agreement['units']} held-out passages ({split} split) the model's agreement with the "
                          f"human gold labels was Krippendorff's alpha = {agreement['krippendorff_alpha']:.2f} "
                          f"(95% bootstrap interval {low:.2f} to {high:.2f}; F1 macro {test['f1_macro']:.2f}).")
-        if str(table["calibration"].iloc[0]).startswith("temperature refitted"):
-            parts.append("The model's probabilities were recalibrated on the audit sample by cross-fitted "
-                         "temperature scaling (each audited passage's probability from a temperature fitted on the "
-                         "other folds; Zrnic and Candes 2024).")
         if provenance.get("adapted_on"):
             parts.append("The model's label probabilities were recalibrated (a temperature and one bias per label) "
                          "on coded passages that are not part of the audit sample.")
     else:
         parts.append(f"(The model could not be described: {source} has no readable record of the run that wrote it; "
                      "predict it again with `framesft predict` to have one.)")
+    if str(table["calibration"].iloc[0]).startswith("temperature refitted"):
+        parts.append("The model's probabilities were recalibrated on the audit sample by cross-fitted temperature "
+                     "scaling (each audited passage's probability from a temperature fitted on the other folds; "
+                     "Zrnic and Candes 2024).")
     N = int(table["rows"].max())
     if audit_design:
         design = (f"a stratified random sample ({audit_design['strata']} strata, weighted by inclusion "
