@@ -67,7 +67,9 @@ def read_workbook(path: Path, sheet: str | None = None) -> pd.DataFrame:
     from openpyxl import load_workbook
 
     try:
-        names = load_workbook(path, read_only=True).sheetnames
+        book = load_workbook(path, read_only=True)  # read-only mode holds the file open until closed
+        names = book.sheetnames
+        book.close()
     except Exception as exc:  # openpyxl raises several types for a damaged or mislabelled file
         raise DataError(f"{path}: not a readable Excel workbook ({exc}); save it again from Excel as .xlsx") from None
     if sheet is not None and sheet not in names:
