@@ -150,6 +150,47 @@ def score(entry: dict, log_p: np.ndarray) -> dict:
             "ece": calibration_measures(np.exp(log_p), truth_index)["ece"]}
 
 
+def pooled(args) -> None:
+    """Is the gain outside the noise over the training seeds together? For each fold assignment: the F1 macro
+    gain of the variant over the unadapted predictions, averaged over the seeds, with a paired bootstrap that
+    resamples the same passages for every seed (the seeds share the dev passages)."""
+    from framesft.statistics import resample_indices
+
+    entries = json.loads(EXPERIMENTS.read_text())["entries"]
+    runs = {e["seed"]: e for e in entries if e["recipe"] == args.recipe and e["budget"] == args.budget}
+    if len(runs) < 2:
+        raise SystemExit(f"--pooled: needs at least two seeds of {args.recipe!r}")
+    first = next(iter(runs.values()))
+    labels, gold = first["labels"], first["dev_truth"]
+    truth = np.array([labels.index(y) for y in gold])
+    samples = resample_indices(len(truth), 1000, 0)
+
+    def f1(predicted: list[str], rows) -> float:
+        return classification_metrics([gold[i] for i in rows], [predicted[i] for i in rows], labels)["f1_macro"]
+
+    repeats = []
+    for repeat in range(args.repeats):
+        pairs = []
+        for entry in runs.values():
+            log_p = np.log(np.clip(np.array(entry["dev_probabilities"]), 1e-12, 1))
+            adapted = crossfit(entry, args.pooled, args.folds, repeat, args.penalty)
+            pairs.append(([labels[i] for i in log_p.argmax(axis=1)], [labels[i] for i in adapted.argmax(axis=1)]))
+        every = range(len(truth))
+        point = float(np.mean([f1(after, every) - f1(before, every) for before, after in pairs]))
+        boot = np.array([np.mean([f1(after, rows) - f1(before, rows) for before, after in pairs])
+                         for rows in samples])
+        repeats.append({"fold_seed": repeat, "mean_gain": round(point, 4),
+                        "ci95": [round(float(v), 3) for v in np.percentile(boot, [2.5, 97.5])],
+                        "share_of_draws_at_or_below_0": round(float((boot <= 0).mean()), 3)})
+        print(f"{args.pooled}, fold assignment {repeat}: F1 gain averaged over seeds {sorted(runs)} "
+              f"{point:+.3f} (95% CI {repeats[-1]['ci95'][0]:+.3f}, {repeats[-1]['ci95'][1]:+.3f})", flush=True)
+    document = json.loads(RESULTS.read_text())
+    document["entries"].append({"recipe": args.recipe, "budget": args.budget, "run_seed": sorted(runs),
+                                "variant": args.pooled, "pooled_over_seeds": True, "folds": args.folds,
+                                "penalty": args.penalty, "repeats": repeats, "date": time.strftime("%Y-%m-%d")})
+    RESULTS.write_text(json.dumps(document, indent=1) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default="default", help="recipe in accuracy_experiments.json")
@@ -161,7 +202,12 @@ def main() -> None:
     parser.add_argument("--continue-training", choices=sorted(CONTINUATIONS),
                         help="train the run's adapter further on the coding folds instead of recalibrating")
     parser.add_argument("--run-seed", type=int, help="only the entry of this training seed")
+    parser.add_argument("--pooled", metavar="VARIANT",
+                        help="the variant's F1 gain averaged over the recipe's training seeds, with one paired "
+                             "bootstrap over the passages (per fold assignment), appended; then stop")
     args = parser.parse_args()
+    if args.pooled:
+        return pooled(args)
 
     entries = json.loads(EXPERIMENTS.read_text())["entries"]
     runs = {}
