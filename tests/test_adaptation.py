@@ -170,5 +170,8 @@ def test_adapt_bad_input_is_named(trained_run, tmp_path, capsys):
     assert main(["--quiet", "adapt", str(tmp_path / "a"), "--data", str(coded), "--run-dir", str(tmp_path / "b"),
                  "--text-column", "text", "--label-column", "label"]) == 2
     assert "already an adapted run" in " ".join(capsys.readouterr().err.split())
+    assert main(["--quiet", "calibrate", str(tmp_path / "a"), "--data", str(SAMPLE_DATA / "test.csv")]) == 2
+    assert "is an adapted run" in " ".join(capsys.readouterr().err.split())
+    assert "label_bias" in (tmp_path / "a" / "calibration.json").read_text()  # left as adapt wrote it
     assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b-*"))
     shutil.rmtree(tmp_path / "a")

@@ -84,6 +84,9 @@ def calibrate_run(run_dir: str | Path, data_path: str | Path | None = None, show
     """Fit the run's temperature on a labelled file (default: the run's own validation split, rebuilt from
     its config) and store it in the run folder; returns the calibration report (before/after)."""
     classifier = load_classifier(run_dir)
+    if classifier.label_bias is not None:  # a temperature alone would replace the biases fitted with it
+        raise DataError(f"{run_dir} is an adapted run: its temperature and per-label biases were fitted together by "
+                        "`framesft adapt`; adapt its source run again instead")
     data = classifier.config.data.with_format(encoding, delimiter, sheet)
     if data_path is None:
         table, source = load_run_data(classifier.config).validation, "validation split"
