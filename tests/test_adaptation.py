@@ -116,6 +116,9 @@ def test_adapt_writes_a_complete_run_whose_labels_follow_the_fitted_bias(trained
                  "--output-dir", str(tmp_path / "eval")]) == 0
     metrics = json.loads((tmp_path / "eval" / "metrics_eval.json").read_text())
     assert metrics["calibration"]["label_bias"] == pytest.approx(list(bias), abs=1e-9)
+    # the merged export carries the biases its labels need
+    assert main(["--quiet", "export", str(adapted), "--output", str(tmp_path / "merged")]) == 0
+    assert json.loads((tmp_path / "merged" / "calibration.json").read_text())["label_bias"] == calibration["label_bias"]
 
 
 def test_estimate_refuses_an_audit_the_run_was_adapted_on(trained_run, tmp_path, capsys):

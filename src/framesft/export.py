@@ -8,15 +8,16 @@ from pathlib import Path
 
 import torch
 
+from .calibration import CALIBRATION_FILE
 from .errors import RunFolderError
+from .files import atomic_directory
 from .inference import load_classifier
 from .runfolder import CONFIG_FILE, LABEL_MAP_FILE
-from .files import atomic_directory
 
 
 def export_merged(run_dir: str | Path, output_dir: str | Path) -> Path:
-    """Write the merged model (safetensors) and tokenizer, plus `label_map.json`, the run's `config.yaml` and,
-    for generative SFT, `framesft_prompt.json` (labels, their token ids, a rendered example prompt), so other
+    """Write the merged model (safetensors) and tokenizer, plus `label_map.json`, the run's `config.yaml`, its
+    `calibration.json` (temperature; an adapted run's biases, which move its labels) and, for generative SFT, `framesft_prompt.json` (labels, their token ids, a rendered example prompt), so other
     servers can score the same way."""
     output = Path(output_dir)
     if output.exists() and any(output.iterdir()):
@@ -30,6 +31,8 @@ def export_merged(run_dir: str | Path, output_dir: str | Path) -> Path:
         classifier.tokenizer.save_pretrained(staging)
         shutil.copy(run_dir / LABEL_MAP_FILE, staging / LABEL_MAP_FILE)
         shutil.copy(run_dir / CONFIG_FILE, staging / CONFIG_FILE)
+        if (run_dir / CALIBRATION_FILE).is_file():  # the temperature (and an adapted run's per-label biases):
+            shutil.copy(run_dir / CALIBRATION_FILE, staging / CALIBRATION_FILE)  # softmax(score / T + b)
         description = classifier.method.serving_description()
         if description is not None:
             (staging / "framesft_prompt.json").write_text(json.dumps(description, indent=2, ensure_ascii=False))
