@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import subprocess
 import sys
@@ -35,13 +34,10 @@ RUN_FILES = ("config.yaml", "label_map.json", "adapter", "calibration.json")
 
 
 def copy_run(run: Path, folder: Path, reuse: bool) -> Path:
+    from framesft.files import copy_entries
+
     folder.mkdir(parents=True)
-    for name in RUN_FILES:
-        source = run / name
-        if source.is_dir():
-            shutil.copytree(source, folder / name)
-        elif source.is_file():
-            shutil.copy2(source, folder / name)
+    copy_entries(run, folder, RUN_FILES)
     config = yaml.safe_load((folder / "config.yaml").read_text())
     config.setdefault("evaluation", {})["reuse_prompt_prefix"] = reuse
     (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import shutil
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -39,7 +38,7 @@ from .calibration import (CALIBRATION_FILE, MIN_PASSAGES, calibration_measures, 
 from .checks import rows_text
 from .dataset import read_labelled_file
 from .errors import DataError, RunFolderError
-from .files import atomic_directory, read_json, write_json
+from .files import atomic_directory, copy_entries, read_json, write_json
 from .metrics import classification_metrics
 from .reliability import agreement
 from .runfolder import (ADAPTER_DIR, CONFIG_FILE, DATA_REPORT_FILE, LABEL_DISTRIBUTION_FILE, LABEL_MAP_FILE,
@@ -188,12 +187,7 @@ def adapt_run(run_dir: str | Path, data_path: str | Path, output_dir: str | Path
         "passage_fingerprints": [passage_fingerprint(t) for t in texts],
     }
     with atomic_directory(output_dir) as staging:
-        for name in KEPT_FROM_SOURCE:
-            source = run_dir / name
-            if source.is_dir():
-                shutil.copytree(source, staging / name)
-            elif source.is_file():
-                shutil.copy2(source, staging / name)
+        copy_entries(run_dir, staging, KEPT_FROM_SOURCE)
         write_json(staging / CALIBRATION_FILE, {
             "method": "temperature scaling with per-label bias (framesft adapt)", "temperature": temperature,
             "label_bias": record["label_bias"], "fitted_on": str(data_path), "passages": len(texts),

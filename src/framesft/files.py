@@ -91,6 +91,16 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
+def copy_entries(source: Path, target: Path, names) -> None:
+    """Copy the named files and folders of `source` into `target`; names `source` lacks are skipped."""
+    for name in names:
+        path = source / name
+        if path.is_dir():
+            shutil.copytree(path, target / name)
+        elif path.is_file():
+            shutil.copy2(path, target / name)
+
+
 # ------------------------------------------------------------------------------------------ weight files
 
 
