@@ -254,6 +254,11 @@ class EvaluationSection(Section):
     reuse_prompt_prefix: bool = key(True, "sft: compute the keys and values of the instructions and label list "
                                           "that every prompt starts with once per scoring call, not per passage "
                                           "(same scores up to float rounding)")
+    bf16_cascade: bool | None = key(None, "CPU scoring: score every passage with a bf16 copy of the model, then "
+                                          "again in fp32 where the two best labels are close enough for bf16 "
+                                          "rounding to swap them, so the labels are fp32's; null: where bf16 "
+                                          "measures faster than fp32 on this CPU (AMX), true: always (slower "
+                                          "without native bf16), false: never (GPUs: never)")
 
 
 class PromptSection(Section):

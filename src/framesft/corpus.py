@@ -23,6 +23,7 @@ import pandas as pd
 
 from . import __version__
 from .adaptation import adaptation_provenance
+from .cascade import CascadeTally, MarginCascade
 from .errors import DataError, FrameSFTError, RunFolderError
 from .files import atomic_path, write_json
 from .runfolder import check_run_folder, provenance_path, read_run_config
@@ -276,11 +277,14 @@ def predict_corpus(run_dir: str | Path, input_path: str | Path, output_path: str
     state.wait_for_everyone()
     if not state.is_main_process:
         return None
-    write_provenance(Path(run_dir), classifier.config, output)
+    cascade = scorer.tally if isinstance(scorer, MarginCascade) else None
+    if cascade is not None:
+        log.info("%s", cascade.summary())
+    write_provenance(Path(run_dir), classifier.config, output, cascade)
     return merge_parts(parts, n_chunks, output)
 
 
-def write_provenance(run_dir: Path, config, output: Path) -> None:
+def write_provenance(run_dir: Path, config, output: Path, cascade: CascadeTally | None = None) -> None:
     """Next to the predictions, the run that wrote them: `estimate`'s methods paragraph reads the model from it,
     and an adapted run records which passages it was fitted on (`estimate` refuses them as audit). Written
     before the predictions themselves, so a prediction file never lacks it."""
@@ -289,4 +293,6 @@ def write_provenance(run_dir: Path, config, output: Path) -> None:
     adapted_on = adaptation_provenance(run_dir)
     if adapted_on:
         record["adapted_on"] = adapted_on
+    if cascade is not None:  # this process's share (with several processes, each scored its own chunks)
+        record["bf16_cascade"] = cascade.as_dict()
     write_json(provenance_path(output), record)

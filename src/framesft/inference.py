@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .calibration import read_label_bias, read_temperature
+from .cascade import MarginCascade, bf16_copy
 from .config import FrameSFTConfig
 from .methods import Method, Scorer, build_method
 from .modeling import load_adapter, load_base_model, load_tokenizer, resolve_model_path
@@ -33,18 +34,28 @@ class Classifier:
     method: Method
     temperature: float = 1.0  # calibration (calibration.py): probabilities are softmax(scores / temperature)
     label_bias: np.ndarray | None = None  # an adapted run's per-label biases (`framesft adapt`, adaptation.py)
+    fast_model: object | None = None  # a bf16 copy of the model where the plan scores through the margin cascade
 
     def scorer(self) -> Scorer:
-        """Raw label scores (temperature 1); `calibrated` applies the run's temperature (and biases) to them."""
-        return self.method.scorer(self.model)
+        """Raw label scores (temperature 1); `calibrated` applies the run's temperature (and biases) to them.
+        With a fast model: the bf16 margin cascade (cascade.py), which keeps the labels of `model`."""
+        exact = self.method.scorer(self.model)
+        if self.fast_model is None:
+            return exact
+        offset = None if self.label_bias is None else self.temperature * np.asarray(self.label_bias)
+        return MarginCascade(exact, self.method.scorer(self.fast_model), self.method.encode_input, offset,
+                             self.temperature)
 
     def calibrated(self, scores: LabelScores) -> LabelScores:
         return scores.with_calibration(self.temperature, self.label_bias)
 
     def score(self, texts: Sequence[str], description: str = "scoring", show_progress: bool = True,
               calibrated: bool = True) -> LabelScores:
+        scorer = self.scorer()
         with progress_bar(len(texts), description, enabled=show_progress) as advance:
-            scores = self.scorer().score_texts(list(texts), on_progress=advance)
+            scores = scorer.score_texts(list(texts), on_progress=advance)
+        if isinstance(scorer, MarginCascade):
+            log.info("%s: %s", description, scorer.tally.summary())
         return self.calibrated(scores) if calibrated else scores
 
 
@@ -69,14 +80,16 @@ def load_classifier(run_dir: str | Path, device=None, merge: bool = True, dtype:
     labels = read_label_map(run_dir)
     model_path = resolve_model_path(config.model.base_model)
     tokenizer = load_tokenizer(model_path, config.model.trust_remote_code)
-    base = load_base_model(config, model_path, resolve_plan(config, device), for_training=False, labels=labels,
+    plan = resolve_plan(config, device)
+    base = load_base_model(config, model_path, plan, for_training=False, labels=labels,
                            pad_token_id=tokenizer.pad_token_id)
     model = load_adapter(base, run_dir / ADAPTER_DIR)
     if merge:
         model = merged_for_scoring(model)
     model.eval()
     return Classifier(config, labels, model, tokenizer, build_method(config, tokenizer, labels),
-                      read_temperature(run_dir), read_label_bias(run_dir, labels))
+                      read_temperature(run_dir), read_label_bias(run_dir, labels),
+                      bf16_copy(model) if plan.scoring_cascade else None)
 
 
 def load_zero_shot(config: FrameSFTConfig, labels: list[str], device=None) -> Classifier:

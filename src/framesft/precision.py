@@ -177,6 +177,7 @@ class ComputePlan:
     device: str                       # "cpu", or "cuda:N" (this process's GPU)
     training_weights: str             # dtype of the frozen base weights while training ("float32", "bfloat16", ...)
     scoring_weights: str              # dtype of the base weights for scoring (evaluate, predict, final metrics)
+    scoring_cascade: bool             # score in bf16 first, fp32 where the margin is close (cascade.py)
     autocast: str | None              # mixed precision the trainer runs under: "bf16", "fp16" or None
     fused_cpu_ops: tuple[str, ...]    # framesft's CPU training operations installed (cpu_lora.py, cpu_fused.py)
     cpu: CpuFacts | None              # None on a GPU
@@ -201,9 +202,9 @@ class ComputePlan:
 
     def line(self) -> str:
         fused = ", ".join(self.fused_cpu_ops) or "none"
+        scoring = self.scoring_weights + (" (bf16 margin cascade)" if self.scoring_cascade else "")
         text = (f"compute plan: {self.device}; training weights {self.training_weights}, autocast "
-                f"{self.autocast or 'off'}, fused CPU ops: {fused}; scoring weights {self.scoring_weights} "
-                f"({self.reason})")
+                f"{self.autocast or 'off'}, fused CPU ops: {fused}; scoring weights {scoring} ({self.reason})")
         if self.cpu is not None:
             rates = (f", matmul fp32 {self.cpu.fp32_gflops:.0f} / bf16 {self.cpu.bf16_gflops:.0f} GFLOP/s"
                      if self.cpu.fp32_gflops else "")
@@ -230,8 +231,9 @@ def resolve_plan(config: FrameSFTConfig, device: torch.device | None = None) -> 
         auto = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
         weights = auto if chosen == "auto" else chosen
         autocast = "bf16" if training_cfg.bf16 else ("fp16" if training_cfg.fp16 else None)
-        return ComputePlan(str(device), weights, weights, autocast, (), None,
-                           "model.dtype auto on a GPU" if chosen == "auto" else f"model.dtype {chosen}")
+        return ComputePlan(str(device), training_weights=weights, scoring_weights=weights, scoring_cascade=False,
+                           autocast=autocast, fused_cpu_ops=(), cpu=None,
+                           reason="model.dtype auto on a GPU" if chosen == "auto" else f"model.dtype {chosen}")
 
     measured = chosen == "auto" and cpu_supports_bf16()
     if chosen != "auto":
@@ -250,4 +252,18 @@ def resolve_plan(config: FrameSFTConfig, device: torch.device | None = None) -> 
         fused = (SPARSE_DROPOUT, FUSED_LORA, FUSED_NORMS, FUSED_ROTARY)
     else:
         fused = (SPARSE_DROPOUT,)
-    return ComputePlan("cpu", training, scoring, autocast, fused, cpu_facts(measured), reason)
+    cascade = scoring_cascade(config, scoring, bf16_faster=chosen == "auto" and cpu_prefers_bf16())
+    return ComputePlan("cpu", training_weights=training, scoring_weights=scoring, scoring_cascade=cascade,
+                       autocast=autocast, fused_cpu_ops=fused, cpu=cpu_facts(measured), reason=reason)
+
+
+def scoring_cascade(config: FrameSFTConfig, scoring_weights: str, bf16_faster: bool) -> bool:
+    """evaluation.bf16_cascade on a CPU: null scores through the bf16 margin cascade (cascade.py) where bf16
+    measured faster than fp32 (AMX), so fp32 labels come at close to bf16 speed; elsewhere the plan stays fp32.
+    true forces it (slower without native bf16: the tests use it on every CPU); it needs fp32 scoring weights."""
+    wanted = config.evaluation.bf16_cascade
+    if wanted and scoring_weights != "float32":
+        raise ConfigError(f"evaluation.bf16_cascade is true but model.dtype is {config.model.dtype}: the cascade "
+                          "keeps the labels of fp32 weights; set model.dtype to auto (or float32), or "
+                          "evaluation.bf16_cascade to null")
+    return bf16_faster if wanted is None else wanted

@@ -1,0 +1,132 @@
+"""Scoring at bf16 speed with fp32 labels: a margin cascade over two scorers of the same model.
+
+Where a CPU multiplies bf16 matrices several times faster than fp32 (AMX), scoring every passage with a bf16 copy
+of the model is fast, but bf16 rounding moves label scores a little, and a passage whose two best labels are
+close can change its label. The cascade keeps the fp32 labels:
+1. probe: the first PROBE_PASSAGES passages are scored both ways; the largest change bf16 makes to a difference
+   between two labels' scores, times SAFETY, is the bound (measured per model and per scorer, on the user's own
+   passages, once);
+2. every other passage is scored in bf16 only;
+3. each passage whose bf16 margin (best minus runner-up label, on the scores the labels come from) lies within
+   the bound is scored again in fp32, and takes those scores; so is each passage whose probabilities the bound
+   could move by more than PROBABILITY_TOLERANCE (a softmax probability p_j moves by at most about
+   p_j (1 - p_j) times the change of the score differences, divided by the temperature).
+A passage outside the bound keeps its bf16 scores: for its label to differ from fp32, bf16 would have to move
+a difference of two scores by more than SAFETY times the largest such move seen on the probe.
+
+Where bf16 is not faster the compute plan never builds a cascade (precision.resolve_plan,
+evaluation.bf16_cascade); tests force it on any CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .methods import Scorer
+from .scoring import LabelScores
+
+log = logging.getLogger(__name__)
+
+PROBE_PASSAGES = 32  # scored both ways to measure the bound (cost: these passages once more in fp32)
+SAFETY = 2.0  # the bound is this many times the largest change of a score difference seen on the probe
+PROBABILITY_TOLERANCE = 0.03  # passages whose calibrated probabilities the bound could move further are rescored
+
+
+def bf16_copy(model):
+    """A bf16 copy of a (merged) model for the fast pass; the fp32 model stays as it is."""
+    return copy.deepcopy(model).to(torch.bfloat16).eval()
+
+
+def largest_difference_change(fast: np.ndarray, exact: np.ndarray) -> float:
+    """The largest change, over passages and pairs of labels j, k, of score_j - score_k between two scorings."""
+    delta = fast - exact
+    return float((delta.max(axis=1) - delta.min(axis=1)).max()) if len(delta) else 0.0
+
+
+def sensitive_probabilities(scores: np.ndarray, temperature: float, bound: float) -> np.ndarray:
+    """Passages whose probabilities softmax(scores / temperature) a change of `bound` in the score differences
+    could move by more than PROBABILITY_TOLERANCE (to first order: p_j (1 - p_j) x bound / temperature)."""
+    shifted = (scores - scores.max(axis=1, keepdims=True)) / temperature
+    p = np.exp(shifted)
+    p /= p.sum(axis=1, keepdims=True)
+    return (p * (1 - p)).max(axis=1) * bound / temperature > PROBABILITY_TOLERANCE
+
+
+def top_margins(scores: np.ndarray) -> np.ndarray:
+    if scores.shape[1] < 2:
+        return np.full(len(scores), np.inf)
+    top2 = np.sort(scores, axis=1)[:, -2:]
+    return top2[:, 1] - top2[:, 0]
+
+
+@dataclass
+class CascadeTally:
+    """What one cascade did: reported in logs, benchmarks and the predictions' provenance."""
+
+    probe_passages: int = 0
+    largest_change: float = 0.0  # on the probe: the largest change bf16 made to a difference of two scores
+    bound: float | None = None  # SAFETY x largest_change: margins within it are rescored in fp32
+    fast_passages: int = 0  # scored in bf16 (the probe excluded)
+    rescored: int = 0  # of those, scored again in fp32 (a close margin, or probabilities the bound could move)
+
+    def summary(self) -> str:
+        scored = self.probe_passages + self.fast_passages
+        return (f"bf16 margin cascade: {self.probe_passages + self.rescored} of {scored} passages scored in fp32 "
+                f"({self.probe_passages} probe, {self.rescored} within the bound {self.bound or 0:.4f})")
+
+    def as_dict(self) -> dict:
+        return {"probe_passages": self.probe_passages, "largest_change": self.largest_change, "bound": self.bound,
+                "fast_passages": self.fast_passages, "rescored": self.rescored, "safety": SAFETY,
+                "probability_tolerance": PROBABILITY_TOLERANCE}
+
+
+class MarginCascade:
+    """A Scorer: fast (bf16) scores where they cannot change the label, exact (fp32) scores elsewhere.
+
+    offset: what the caller adds to the raw scores before taking the label (an adapted run's temperature x
+    bias), so that margins are measured on the scores the labels come from; temperature: the one the caller's
+    probabilities divide by (the run's calibration)."""
+
+    def __init__(self, exact: Scorer, fast: Scorer, encode: Callable[[str], list[int]],
+                 offset: np.ndarray | None = None, temperature: float = 1.0):
+        self.exact, self.fast, self.encode = exact, fast, encode
+        self.offset, self.temperature = offset, temperature
+        self.tally = CascadeTally()
+
+    def score_texts(self, texts: Sequence[str], on_progress: Callable[[int], None] | None = None) -> LabelScores:
+        return self.score_prompts([self.encode(text) for text in texts], on_progress)
+
+    def score_prompts(self, prompts: Sequence, on_progress: Callable[[int], None] | None = None) -> LabelScores:
+        prompts = list(prompts)
+        tally = self.tally
+        probe = 0
+        if tally.bound is None:  # the first call measures the bound on its first passages
+            probe = min(PROBE_PASSAGES, len(prompts))
+        exact_probe = self.exact.score_prompts(prompts[:probe]) if probe else None
+        fast_all = self.fast.score_prompts(prompts, on_progress)
+        scores = fast_all.scores.copy()
+        if probe:
+            scores[:probe] = exact_probe.scores
+            tally.probe_passages = probe
+            tally.largest_change = largest_difference_change(fast_all.scores[:probe], exact_probe.scores)
+            tally.bound = SAFETY * tally.largest_change
+            log.info("bf16 margin cascade: on %d probe passages bf16 moved a difference of two label scores by "
+                     "at most %.4f; passages with a bf16 margin under %.4f are rescored in fp32",
+                     probe, tally.largest_change, tally.bound)
+        if tally.bound is None:  # an empty first call: nothing measured yet
+            return LabelScores(fast_all.labels, scores)
+        adjusted = scores if self.offset is None else scores + self.offset[None, :]
+        rest = adjusted[probe:]
+        close = (top_margins(rest) <= tally.bound) | sensitive_probabilities(rest, self.temperature, tally.bound)
+        uncertain = np.flatnonzero(close) + probe
+        if len(uncertain):
+            scores[uncertain] = self.exact.score_prompts([prompts[i] for i in uncertain]).scores
+        tally.fast_passages += len(prompts) - probe
+        tally.rescored += len(uncertain)
+        return LabelScores(fast_all.labels, scores)

@@ -1,0 +1,172 @@
+"""The bf16 margin cascade (cascade.py): fp32 labels from bf16 scores plus fp32 rescoring near the decision."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import framesft.cascade as cascade
+from framesft.cascade import MarginCascade, bf16_copy, largest_difference_change, sensitive_probabilities
+from framesft.scoring import LabelScorer, LabelScores
+
+from conftest import SAMPLE_DATA
+
+LABELS = ["a", "b", "c", "d", "e", "f"]
+
+
+class TableScorer:
+    """Scores looked up by passage index: the 'prompt' of passage i is [i]. Counts what it scored."""
+
+    def __init__(self, table: np.ndarray):
+        self.table = table
+        self.scored: list[int] = []
+
+    def score_prompts(self, prompts, on_progress=None):
+        rows = [p[0] for p in prompts]
+        self.scored += rows
+        return LabelScores(LABELS, self.table[rows].copy())
+
+
+def noisy_pair(n: int, noise: float, seed: int = 0):
+    """Exact scores, and fast ones off by at most `noise` per score (uniform): a known bf16-like error."""
+    rng = np.random.default_rng(seed)
+    exact = rng.normal(0, 6, size=(n, len(LABELS)))
+    fast = exact + rng.uniform(-noise, noise, size=exact.shape)
+    return exact, fast
+
+
+def run_cascade(exact: np.ndarray, fast: np.ndarray, offset=None, calls=(slice(None),)):
+    exact_scorer, fast_scorer = TableScorer(exact), TableScorer(fast)
+    scorer = MarginCascade(exact_scorer, fast_scorer, encode=lambda i: [i], offset=offset)
+    indices = np.arange(len(exact))
+    scores = np.vstack([scorer.score_prompts([[i] for i in indices[part]]).scores for part in calls])
+    return scores, scorer, exact_scorer
+
+
+def test_cascade_keeps_the_exact_labels_under_a_known_error():
+    exact, fast = noisy_pair(2000, noise=0.15)
+    assert (fast.argmax(1) != exact.argmax(1)).sum() > 20  # the fast scores alone flip labels
+    scores, scorer, exact_scorer = run_cascade(exact, fast, calls=(slice(0, 700), slice(700, None)))
+    tally = scorer.tally
+    assert (scores.argmax(1) == exact.argmax(1)).all()
+    # The bound: SAFETY x the largest change of a score difference on the probe (the first call's first 32),
+    # which cannot exceed the 2 x noise the error allows.
+    assert tally.probe_passages == cascade.PROBE_PASSAGES
+    assert tally.largest_change == pytest.approx(largest_difference_change(fast[:32], exact[:32]))
+    assert 0.15 < tally.largest_change <= 0.3 and tally.bound == pytest.approx(cascade.SAFETY * tally.largest_change)
+    margins = np.sort(fast, 1)[:, -1] - np.sort(fast, 1)[:, -2]
+    rescored = np.flatnonzero((margins <= tally.bound) | sensitive_probabilities(fast, 1.0, tally.bound))
+    rescored = rescored[rescored >= 32]
+    # Exact scores for the probe, the close calls and the sensitive probabilities, the fast ones elsewhere; a
+    # minority is rescored.
+    assert sorted(exact_scorer.scored) == list(range(32)) + list(rescored)
+    np.testing.assert_array_equal(scores[rescored], exact[rescored])
+    kept = np.setdiff1d(np.arange(32, 2000), rescored)
+    np.testing.assert_array_equal(scores[kept], fast[kept])
+    assert tally.rescored == len(rescored) and tally.fast_passages == 2000 - 32
+    assert 0.05 < len(rescored) / 2000 < 0.5
+    exact_p, fast_p, got_p = (LabelScores(LABELS, x).probabilities for x in (exact, fast, scores))
+    assert np.abs(fast_p - exact_p).max() > 0.05  # the fast scores alone move probabilities further
+    assert np.abs(got_p - exact_p).max() < cascade.PROBABILITY_TOLERANCE
+
+
+def test_without_the_safety_margin_labels_flip():
+    """The check above can fail: with the bound at zero, the cascade returns the fast labels."""
+    exact, fast = noisy_pair(2000, noise=0.15)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cascade, "SAFETY", 0.0)
+        scores, _, _ = run_cascade(exact, fast)
+    assert (scores.argmax(1) != exact.argmax(1)).sum() > 10
+
+
+def test_margins_are_taken_on_the_scores_the_labels_come_from(monkeypatch):
+    """An adapted run adds temperature x bias to the raw scores: the cascade measures margins after it. (The
+    probability criterion is switched off here: it rescores many passages for its own reason.)"""
+    monkeypatch.setattr(cascade, "PROBABILITY_TOLERANCE", np.inf)
+    exact, fast = noisy_pair(2000, noise=0.3, seed=1)
+    offset = np.array([1.5, 0.0, -1.0, 0.5, 0.0, 2.0])
+    assert ((fast + offset).argmax(1) != (exact + offset).argmax(1)).sum() > 20
+    scores, _, _ = run_cascade(exact, fast, offset=offset)
+    assert ((scores + offset).argmax(1) == (exact + offset).argmax(1)).all()
+    unaware, _, _ = run_cascade(exact, fast)  # margins on the raw scores miss some flips of the adjusted label
+    assert ((unaware + offset).argmax(1) != (exact + offset).argmax(1)).sum() > 5
+
+
+@pytest.fixture(scope="module")
+def tiny_fp32(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+
+
+def test_cascade_over_a_bf16_copy_gives_the_fp32_labels(tiny_fp32, tokenizer):
+    from framesft.config import PromptSection
+    from framesft.prompting import PromptBuilder
+
+    builder = PromptBuilder(tokenizer, ["Conflict", "Moral Value", "Economic", "Powerlessness", "Human Impact",
+                                        "None"], PromptSection(), max_length=256)
+    texts = pd.concat([pd.read_csv(SAMPLE_DATA / f, keep_default_na=False) for f in ("train.csv", "test.csv")])
+    prompts = [builder.encode_prompt(t) for t in texts["chunk_text"]]
+    reference = LabelScorer(tiny_fp32, builder).score_prompts(prompts).scores
+    fast_model = bf16_copy(tiny_fp32)
+    assert next(fast_model.parameters()).dtype == torch.bfloat16
+    assert next(tiny_fp32.parameters()).dtype == torch.float32  # the copy leaves the fp32 model alone
+    fast_alone = LabelScorer(fast_model, builder).score_prompts(prompts).scores
+    # The random model gives every passage nearly the same scores; an offset (as an adapted run's biases) that
+    # centres each label puts the passages near their decision boundaries, where bf16 rounding decides.
+    offset = -np.median(reference, axis=0)
+    labels = (reference + offset).argmax(1)
+    assert len(set(labels)) == 6 and ((fast_alone + offset).argmax(1) != labels).sum() > 5
+    scorer = MarginCascade(LabelScorer(tiny_fp32, builder), LabelScorer(fast_model, builder),
+                           builder.encode_prompt, offset)
+    got = scorer.score_prompts(prompts).scores
+    assert ((got + offset).argmax(1) == labels).all()
+    assert 0 < scorer.tally.largest_change < 1 and scorer.tally.fast_passages == len(prompts) - 32
+
+
+@pytest.mark.parametrize("kind, expected", [("amx", True), ("avx512_bf16", False), ("avx2", False)])
+def test_the_plan_cascades_where_bf16_is_faster(monkeypatch, tiny_model_dir, tmp_path, kind, expected):
+    from conftest import simulate_cpu, tiny_config
+    from framesft.errors import ConfigError
+    from framesft.precision import resolve_plan
+
+    simulate_cpu(monkeypatch, kind)
+    cpu = torch.device("cpu")
+    config = tiny_config(tiny_model_dir, tmp_path / "run")
+    plan = resolve_plan(config, cpu)
+    assert plan.scoring_cascade is expected and plan.scoring_weights == "float32"
+    assert ("bf16 margin cascade" in plan.line()) is expected
+    config.evaluation.bf16_cascade = False
+    assert not resolve_plan(config, cpu).scoring_cascade
+    config.evaluation.bf16_cascade = True  # forced: on every CPU
+    assert resolve_plan(config, cpu).scoring_cascade
+    config.model.dtype = "bfloat16"
+    with pytest.raises(ConfigError, match="evaluation.bf16_cascade is true but model.dtype is bfloat16"):
+        resolve_plan(config, cpu)
+    config.model.dtype = "float32"  # an explicit dtype is obeyed: no cascade unless forced
+    config.evaluation.bf16_cascade = None
+    assert not resolve_plan(config, cpu).scoring_cascade
+
+
+def test_corpus_prediction_through_the_cascade_has_the_fp32_labels(trained_run, tmp_path, monkeypatch):
+    from conftest import simulate_cpu
+    from framesft.corpus import predict_corpus
+    from framesft.runfolder import read_provenance
+
+    texts = pd.concat([pd.read_csv(SAMPLE_DATA / f, keep_default_na=False) for f in ("train.csv", "test.csv")])
+    corpus = tmp_path / "corpus.csv"
+    texts[["chunk_text"]].to_csv(corpus, index=False)
+    simulate_cpu(monkeypatch, "avx2")  # the plan scores in fp32 alone (whichever --cpu-kind the suite runs as)
+    predict_corpus(trained_run.run_dir, corpus, tmp_path / "fp32.csv", chunk_rows=40, show_progress=False)
+    simulate_cpu(monkeypatch, "amx")  # the plan now scores through the cascade
+    predict_corpus(trained_run.run_dir, corpus, tmp_path / "cascade.csv", chunk_rows=40, show_progress=False)
+    fp32 = pd.read_csv(tmp_path / "fp32.csv", keep_default_na=False)
+    cascaded = pd.read_csv(tmp_path / "cascade.csv", keep_default_na=False)
+    assert list(cascaded["predicted"]) == list(fp32["predicted"])  # the labels themselves: tests above
+    probabilities = [c for c in fp32.columns if c.startswith("p_")]
+    assert np.abs(cascaded[probabilities].to_numpy() - fp32[probabilities].to_numpy()).max() < 0.03
+    tally = read_provenance(tmp_path / "cascade.csv")["bf16_cascade"]
+    assert tally["probe_passages"] == 32 and tally["fast_passages"] == len(texts) - 32
+    assert "bf16_cascade" not in read_provenance(tmp_path / "fp32.csv")
