@@ -1,7 +1,8 @@
 """How low can ECE go on 150 passages? Expected calibration error of the default Gemma run on dev_data.csv as
 trained, after a temperature refitted on the dev passages by 5-fold cross-fitting (what
 `framesft estimate --calibrate-on-audit` does with an audit), and the floor: the ECE that a perfectly calibrated
-model shows on the same 150 passages, by simulation (labels drawn from the model's own probabilities).
+model shows on the same 150 passages, by simulation (labels drawn from the model's own probabilities), and on
+larger audits of the same kind (the probability vectors resampled to 300-2400 passages).
 
     .venv/bin/python benchmarks/calibration_floor.py
 
@@ -26,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "benchmarks" / "results" / "accuracy_experiments.json"
 RESULTS = REPO / "benchmarks" / "results" / "calibration_floor.json"
 DRAWS = 1000
+LARGER_AUDITS = (300, 600, 1200, 2400)  # the floor for audits of these sizes (passages drawn from dev's)
 
 
 def floor(probabilities: np.ndarray, rng) -> dict:
@@ -59,13 +61,20 @@ def main() -> None:
         result = {"recipe": "default", "seed": seed, "passages": len(truth),
                   "ece_as_trained": expected_calibration_error(probabilities, truth),
                   "ece_crossfit_temperature": {"mean": float(np.mean(crossfit)), "per_fold_assignment": crossfit},
-                  "ece_of_a_perfectly_calibrated_model": floor(probabilities, rng)}
+                  "ece_of_a_perfectly_calibrated_model": floor(probabilities, rng),
+                  # How large an audit must be before ECE <= 0.05 can be told apart from the floor: the same
+                  # model's probability vectors, resampled to larger audits.
+                  "floor_for_larger_audits": {
+                      str(n): floor(probabilities[rng.integers(0, len(probabilities), n)], rng)
+                      for n in LARGER_AUDITS}}
         results.append(result)
         print(f"seed {seed}: ECE {result['ece_as_trained']:.3f} as trained, {np.mean(crossfit):.3f} cross-fitted "
               f"temperature; a perfectly calibrated model on these passages: "
               f"{result['ece_of_a_perfectly_calibrated_model']['mean']:.3f} "
               f"(5-95%: {result['ece_of_a_perfectly_calibrated_model']['p05']:.3f}-"
-              f"{result['ece_of_a_perfectly_calibrated_model']['p95']:.3f})")
+              f"{result['ece_of_a_perfectly_calibrated_model']['p95']:.3f}); at "
+              + ", ".join(f"{n} passages {f['mean']:.3f} ({f['p05']:.3f}-{f['p95']:.3f})"
+                          for n, f in result["floor_for_larger_audits"].items()))
     RESULTS.write_text(json.dumps({"benchmark": __doc__.split("\n\n")[0].strip(), "draws": DRAWS,
                                    "date": time.strftime("%Y-%m-%d"), "entries": results}, indent=1) + "\n")
 
