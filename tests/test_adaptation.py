@@ -1,6 +1,7 @@
-"""Adaptation to coded passages (`framesft adapt`): the per-label bias against a known truth (a simulated label
-shift, whose correction is known in closed form), the cross-fitted check, and the command end to end with a real
-trained run: the adapted folder, its predictions, and estimate refusing an audit the run was adapted on."""
+"""Adaptation to coded passages (`adaptation.adapt_run`, Python only): the per-label bias against a known truth (a
+simulated label shift, whose correction is known in closed form), the cross-fitted check, and adapt_run end to end
+with a real trained run: the adapted folder, its predictions, and estimate refusing an audit the run was adapted
+on."""
 
 import json
 import shutil
@@ -9,9 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from framesft.adaptation import crossfit_check, passage_fingerprint
+from framesft.adaptation import adapt_run, crossfit_check, passage_fingerprint
 from framesft.calibration import fit_temperature_and_bias, probabilities
 from framesft.cli import main
+from framesft.errors import DataError, RunFolderError
 from framesft.inference import load_classifier
 from framesft.scoring import predictions_table
 
@@ -81,15 +83,21 @@ def coded_file(tmp_path):
     return path, sheet
 
 
-def test_adapt_writes_a_complete_run_whose_labels_follow_the_fitted_bias(trained_run, tmp_path, capsys):
+def adapt(run_dir, coded, adapted, **kwargs):
+    """adapt_run as a notebook calls it (there is no command: issue 21's measurement found no gain outside the
+    noise), on a coding sheet's columns."""
+    return adapt_run(run_dir, coded, adapted, text_column="text", label_column="label", show_progress=False,
+                     **kwargs)
+
+
+def test_adapt_writes_a_complete_run_whose_labels_follow_the_fitted_bias(trained_run, tmp_path):
     coded, sheet = coded_file(tmp_path)
     adapted = tmp_path / "adapted"
-    assert main(["--quiet", "adapt", str(trained_run.run_dir), "--data", str(coded), "--run-dir", str(adapted),
-                 "--text-column", "text", "--label-column", "label", "--folds", "3"]) == 0
-    out = " ".join(capsys.readouterr().err.split())
-    assert "cross-fitted on 60 coded passages:" in out and "unadapted" in out
+    returned = adapt(trained_run.run_dir, coded, adapted, folds=3)
+    assert returned["crossfit"]["verdict"].split(":")[0] in ("better", "inside the noise", "worse")
 
     record = json.loads((adapted / "adaptation.json").read_text())
+    assert record == json.loads(json.dumps(returned))
     assert record["passages"] == 60 and record["rows"] == list(range(2, 62))
     assert record["passage_fingerprints"] == [passage_fingerprint(t) for t in sheet["text"]]
     assert record["source_run"] == str(trained_run.run_dir.resolve()) and len(record["data_sha256"]) == 64
@@ -124,8 +132,7 @@ def test_adapt_writes_a_complete_run_whose_labels_follow_the_fitted_bias(trained
 def test_estimate_refuses_an_audit_the_run_was_adapted_on(trained_run, tmp_path, capsys):
     coded, sheet = coded_file(tmp_path)
     adapted = tmp_path / "adapted"
-    assert main(["--quiet", "adapt", str(trained_run.run_dir), "--data", str(coded), "--run-dir", str(adapted),
-                 "--text-column", "text", "--label-column", "label", "--folds", "3"]) == 0
+    adapt(trained_run.run_dir, coded, adapted, folds=3)
     corpus = tmp_path / "corpus.csv"
     pd.DataFrame({"chunk_id": sheet["id"], "chunk_text": sheet["text"]}).to_csv(corpus, index=False)
     predictions = tmp_path / "frames.csv"
@@ -156,23 +163,22 @@ def test_adapt_bad_input_is_named(trained_run, tmp_path, capsys):
     coded, sheet = coded_file(tmp_path)
     few = tmp_path / "few.csv"
     sheet.iloc[:12].to_csv(few, index=False)
-    args = ["--quiet", "adapt", str(trained_run.run_dir), "--text-column", "text", "--label-column", "label"]
-    assert main([*args, "--data", str(few), "--run-dir", str(tmp_path / "a")]) == 2
-    assert "12 coded passages; adapting needs at least 30" in " ".join(capsys.readouterr().err.split())
+    with pytest.raises(DataError, match="12 coded passages; adapting needs at least 30"):
+        adapt(trained_run.run_dir, few, tmp_path / "a")
     assert not (tmp_path / "a").exists()
 
     bad = sheet.copy()
     bad.loc[5, "label"] = "Brexit"
     bad.to_csv(tmp_path / "bad.csv", index=False)
-    assert main([*args, "--data", str(tmp_path / "bad.csv"), "--run-dir", str(tmp_path / "a")]) == 2
-    assert "'Brexit'" in (err := " ".join(capsys.readouterr().err.split())) and "row 7" in err
+    with pytest.raises(DataError) as error:
+        adapt(trained_run.run_dir, tmp_path / "bad.csv", tmp_path / "a")
+    assert "'Brexit'" in str(error.value) and "row 7" in str(error.value)
 
-    assert main([*args, "--data", str(coded), "--run-dir", str(tmp_path / "a"), "--folds", "3"]) == 0
-    assert main([*args, "--data", str(coded), "--run-dir", str(tmp_path / "a")]) == 2  # exists: not replaced
-    assert "--overwrite" in capsys.readouterr().err
-    assert main(["--quiet", "adapt", str(tmp_path / "a"), "--data", str(coded), "--run-dir", str(tmp_path / "b"),
-                 "--text-column", "text", "--label-column", "label"]) == 2
-    assert "already an adapted run" in " ".join(capsys.readouterr().err.split())
+    adapt(trained_run.run_dir, coded, tmp_path / "a", folds=3)
+    with pytest.raises(RunFolderError, match="overwrite=True"):  # exists: not replaced
+        adapt(trained_run.run_dir, coded, tmp_path / "a")
+    with pytest.raises(RunFolderError, match="already an adapted run"):
+        adapt(tmp_path / "a", coded, tmp_path / "b")
     assert main(["--quiet", "calibrate", str(tmp_path / "a"), "--data", str(SAMPLE_DATA / "test.csv")]) == 2
     assert "is an adapted run" in " ".join(capsys.readouterr().err.split())
     assert "label_bias" in (tmp_path / "a" / "calibration.json").read_text()  # left as adapt wrote it

@@ -1,6 +1,5 @@
 """The bf16 margin cascade (cascade.py): fp32 labels from bf16 scores plus fp32 rescoring near the decision."""
 
-import json
 
 import numpy as np
 import pandas as pd

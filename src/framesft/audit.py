@@ -188,7 +188,7 @@ def read_coded_sheet(path: str | Path, predictions: str | Path, labels: list[str
                      id_column: str | None = None, encoding: str = "utf-8",
                      delimiter: str | None = None, sheet: str | None = None) -> pd.DataFrame:
     """The coded sheet as (id, gold, inclusion_probability, stratum), checked row by row; a sheet holding
-    passages the predicting run was adapted on (`framesft adapt`) is refused."""
+    passages the predicting run was adapted on (adaptation.adapt_run) is refused."""
     sheet = read_table(path, ["id", TEXT_COLUMN, LABEL_COLUMN], encoding, delimiter, sheet)
     file, connection = open_predictions(predictions, id_column)
     labels = labels or file.labels

@@ -5,7 +5,7 @@ the log loss on labelled data the model was not trained on (the validation split
 divides every label score before the softmax: p = softmax(score / T). T > 1 softens over-confident
 probabilities; the predicted label (the argmax) never changes, because T is one positive number.
 
-A run adapted to coded passages (`framesft adapt`, adaptation.py) adds one bias per label:
+A run adapted to coded passages (adaptation.adapt_run) adds one bias per label:
 p = softmax(score / T + b), T and b fitted together by log loss with a small L2 penalty on b. Unlike T alone,
 the biases move the predicted labels: they shift the model toward the label shares and boundaries of the coded
 passages.

@@ -25,7 +25,6 @@ EPILOG = """examples:
   framesft predict runs/my-run --input debates.parquet --output frames.parquet --keep-columns date,party
   framesft sample frames.parquet --n 200 --output coding_sheet.csv --corpus debates.parquet
   framesft estimate frames.parquet --audit coding_sheet.csv --by party --time-column date --time-unit month
-  framesft adapt runs/my-run --data coded.csv --run-dir runs/my-run-adapted   label bias fitted on coded passages
 """
 
 
@@ -82,23 +81,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=command_calibrate)
     p.add_argument("run", help="run folder written by `framesft train`")
     p.add_argument("--data", help="labelled file (default: the run's validation split, rebuilt from its config)")
-    add_file_format(p, "the run's data.encoding", "the run's data.delimiter")
-
-    p = commands.add_parser("adapt", help="adapt a trained run to coded passages (per-label recalibration)",
-                            description="Fits a temperature and one bias per label on passages coded from the "
-                            "distribution you will label (an audit sample), checks by k-fold cross-fitting whether "
-                            "that helps on passages it was not fitted on, and writes a new run folder; the model's "
-                            "weights are not changed. Predictions of the adapted run cannot be estimated with an "
-                            "audit holding these passages (estimate refuses it).")
-    p.set_defaults(handler=command_adapt)
-    p.add_argument("run", help="run folder written by `framesft train`")
-    p.add_argument("--data", required=True, help="coded passages: a labelled file (e.g. the coding sheet of "
-                                                 "`framesft sample` with --text-column text --label-column label)")
-    p.add_argument("--run-dir", required=True, help="new run folder for the adapted run")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --run-dir")
-    p.add_argument("--folds", type=int, default=5, help="cross-fitting folds (default 5)")
-    p.add_argument("--text-column", help="text column of --data (default: the run's data.text_column)")
-    p.add_argument("--label-column", help="label column of --data (default: the run's data.label_column)")
     add_file_format(p, "the run's data.encoding", "the run's data.delimiter")
 
     p = commands.add_parser("sample", help="draw an audit sample of predictions for human coding",
@@ -386,21 +368,6 @@ def command_sample(args, show_progress: bool) -> int:
     design = "simple random sample" if not args.stratify_by else f"stratified by {args.stratify_by}"
     console.print(f"wrote {len(sheet)} rows ({design}) to {args.output}: fill in the 'label' column, then run "
                   f"framesft estimate {args.predictions} --audit {args.output}")
-    return 0
-
-
-def command_adapt(args, show_progress: bool) -> int:
-    from .adaptation import adapt_run
-    from .terminal import adaptation_table, console
-
-    record = adapt_run(args.run, args.data, args.run_dir, folds=args.folds, overwrite=args.overwrite,
-                       show_progress=show_progress, text_column=args.text_column, label_column=args.label_column,
-                       encoding=args.encoding, delimiter=args.delimiter, sheet=args.sheet)
-    console.print(adaptation_table(record))
-    check = record["crossfit"]
-    colour = "green" if check["verdict"].startswith("better") else "yellow"
-    console.print(f"[{colour}]cross-fitted on {record['passages']} coded passages: {check['verdict']}[/{colour}]")
-    console.print(f"adapted run written to {args.run_dir}; evaluate, predict, compare and export accept it")
     return 0
 
 

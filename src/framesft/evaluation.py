@@ -86,7 +86,7 @@ def calibrate_run(run_dir: str | Path, data_path: str | Path | None = None, show
     classifier = load_classifier(run_dir)
     if classifier.label_bias is not None:  # a temperature alone would replace the biases fitted with it
         raise DataError(f"{run_dir} is an adapted run: its temperature and per-label biases were fitted together by "
-                        "`framesft adapt`; adapt its source run again instead")
+                        "`adaptation.adapt_run`; adapt its source run again instead")
     data = classifier.config.data.with_format(encoding, delimiter, sheet)
     if data_path is None:
         table, source = load_run_data(classifier.config).validation, "validation split"

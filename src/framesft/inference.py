@@ -33,7 +33,7 @@ class Classifier:
     tokenizer: object
     method: Method
     temperature: float = 1.0  # calibration (calibration.py): probabilities are softmax(scores / temperature)
-    label_bias: np.ndarray | None = None  # an adapted run's per-label biases (`framesft adapt`, adaptation.py)
+    label_bias: np.ndarray | None = None  # an adapted run's per-label biases (adaptation.adapt_run)
     fast_model: object | None = None  # a bf16 copy of the model where the plan scores through the margin cascade
 
     def scorer(self) -> Scorer:

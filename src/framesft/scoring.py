@@ -35,7 +35,7 @@ class LabelScores:
     labels: list[str]
     scores: np.ndarray  # (n_texts, n_labels) summed (or length-normalised) log-likelihoods
     temperature: float = 1.0  # probabilities are softmax(scores / temperature + bias); see calibration.py
-    bias: np.ndarray | None = None  # one number per label, fitted on coded passages by `framesft adapt`
+    bias: np.ndarray | None = None  # one number per label, fitted on coded passages by adaptation.adapt_run
 
     @property
     def adjusted(self) -> np.ndarray:

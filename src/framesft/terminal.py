@@ -67,28 +67,6 @@ def agreement_table(metrics: dict, title: str) -> Table:
     return table
 
 
-def adaptation_table(record: dict) -> Table:
-    """`framesft adapt`: the unadapted run against each cross-fitted repeat of the adaptation, and the biases."""
-    check = record["crossfit"]
-    table = Table(title=f"adaptation, {check['folds']}-fold cross-fitted on {record['passages']} coded passages "
-                        f"(temperature {record['temperature']:.2f}; bias "
-                        + ", ".join(f"{label} {b:+.2f}" for label, b in record["label_bias"].items()) + ")")
-    for column in ("run", "F1 macro (95% CI)", "change (95% CI)", "McNemar p", "alpha", "ECE"):
-        table.add_column(column, justify="left" if column == "run" else "right")
-
-    def interval(low: float, high: float, sign: str = "") -> str:
-        return f"({low:{sign}.2f} – {high:{sign}.2f})"
-
-    before = check["unadapted"]
-    table.add_row("unadapted", f"{before['f1_macro']:.3f} {interval(*before['f1_ci95'])}", "", "",
-                  f"{before['krippendorff_alpha']:.3f}", f"{before['ece']:.3f}")
-    for run in check["adapted"]:
-        table.add_row(f"adapted, folds {run['fold_seed']}", f"{run['f1_macro']:.3f} {interval(*run['f1_ci95'])}",
-                      f"{run['f1_macro_difference']:+.3f} {interval(*run['difference_ci95'], sign='+')}",
-                      f"{run['mcnemar_p']:.3f}", f"{run['krippendorff_alpha']:.3f}", f"{run['ece']:.3f}")
-    return table
-
-
 def plan_table(table, group_columns: list[str], half_width: float) -> Table:
     """`framesft plan`: per group, the audit size for 95% intervals of +- half_width, with and without the model."""
     result = Table(title=f"audit size for 95% intervals of +-{half_width:.3f} on every label")
