@@ -219,7 +219,8 @@ def resolve_plan(config: FrameSFTConfig, device: torch.device | None = None) -> 
     """The one place that decides device, weight dtypes, autocast and fused CPU operations for a config.
 
     model.dtype auto: on a GPU bf16 where supported, else fp16. On a CPU fp32 for scoring on every CPU (bf16
-    weights changed a few percent of predictions, short of the agreement we ask of a default), and for training
+    weights changed a few percent of predictions, short of the agreement we ask of a default; where bf16 is faster
+    the bf16 margin cascade keeps fp32's labels at close to bf16 speed, see scoring_cascade), and for training
     bf16 only where cpu_prefers_bf16() (AMX); the LoRA weights stay fp32 either way. An explicit model.dtype is
     obeyed for both. Autocast on a CPU only over bf16 weights (over fp32 weights it would cast every frozen weight
     at every step). The fused CPU operations are written for float32 without autocast; over bf16 weights only the
