@@ -71,6 +71,16 @@ def test_cascade_keeps_the_exact_labels_under_a_known_error():
     assert np.abs(got_p - exact_p).max() < cascade.PROBABILITY_TOLERANCE
 
 
+def test_calls_shorter_than_the_probe_are_scored_in_fp32_until_the_bound_is_measured():
+    exact, fast = noisy_pair(100, noise=0.15)
+    scores, scorer, exact_scorer = run_cascade(exact, fast, calls=(slice(0, 5), slice(5, 10), slice(10, None)))
+    np.testing.assert_array_equal(scores[:10], exact[:10])  # two short calls: fp32 alone, no bound yet
+    tally = scorer.tally
+    assert (tally.fp32_only, tally.probe_passages, tally.fast_passages) == (10, 32, 100 - 10 - 32)
+    assert tally.largest_change == pytest.approx(largest_difference_change(fast[10:42], exact[10:42]))
+    assert exact_scorer.scored[:42] == list(range(42))
+
+
 def test_without_the_safety_margin_labels_flip():
     """The check above can fail: with the bound at zero, the cascade returns the fast labels."""
     exact, fast = noisy_pair(2000, noise=0.15)

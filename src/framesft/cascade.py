@@ -74,15 +74,18 @@ class CascadeTally:
     bound: float | None = None  # SAFETY x largest_change: margins within it are rescored in fp32
     fast_passages: int = 0  # scored in bf16 (the probe excluded)
     rescored: int = 0  # of those, scored again in fp32 (a close margin, or probabilities the bound could move)
+    fp32_only: int = 0  # scored in fp32 alone: calls shorter than the probe before the bound was measured
 
     def summary(self) -> str:
-        scored = self.probe_passages + self.fast_passages
-        return (f"bf16 margin cascade: {self.probe_passages + self.rescored} of {scored} passages scored in fp32 "
-                f"({self.probe_passages} probe, {self.rescored} within the bound {self.bound or 0:.4f})")
+        scored = self.probe_passages + self.fast_passages + self.fp32_only
+        in_fp32 = self.probe_passages + self.rescored + self.fp32_only
+        return (f"bf16 margin cascade: {in_fp32} of {scored} passages scored in fp32 ({self.probe_passages} "
+                f"probe, {self.rescored} within the bound {self.bound or 0:.4f}, {self.fp32_only} before it)")
 
     def as_dict(self) -> dict:
         return {"probe_passages": self.probe_passages, "largest_change": self.largest_change, "bound": self.bound,
-                "fast_passages": self.fast_passages, "rescored": self.rescored, "safety": SAFETY,
+                "fast_passages": self.fast_passages, "rescored": self.rescored, "fp32_only": self.fp32_only,
+                "safety": SAFETY,
                 "probability_tolerance": PROBABILITY_TOLERANCE}
 
 
@@ -106,8 +109,11 @@ class MarginCascade:
         prompts = list(prompts)
         tally = self.tally
         probe = 0
-        if tally.bound is None:  # the first call measures the bound on its first passages
-            probe = min(PROBE_PASSAGES, len(prompts))
+        if tally.bound is None:  # the first call of at least PROBE_PASSAGES measures the bound on its first ones
+            if len(prompts) < PROBE_PASSAGES:  # too few to measure it on: fp32 alone
+                tally.fp32_only += len(prompts)
+                return self.exact.score_prompts(prompts, on_progress)
+            probe = PROBE_PASSAGES
         exact_probe = self.exact.score_prompts(prompts[:probe]) if probe else None
         fast_all = self.fast.score_prompts(prompts, on_progress)
         scores = fast_all.scores.copy()
@@ -119,8 +125,6 @@ class MarginCascade:
             log.info("bf16 margin cascade: on %d probe passages bf16 moved a difference of two label scores by "
                      "at most %.4f; passages with a bf16 margin under %.4f are rescored in fp32",
                      probe, tally.largest_change, tally.bound)
-        if tally.bound is None:  # an empty first call: nothing measured yet
-            return LabelScores(fast_all.labels, scores)
         adjusted = scores if self.offset is None else scores + self.offset[None, :]
         rest = adjusted[probe:]
         close = (top_margins(rest) <= tally.bound) | sensitive_probabilities(rest, self.temperature, tally.bound)
