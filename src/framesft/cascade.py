@@ -3,9 +3,10 @@
 Where a CPU multiplies bf16 matrices several times faster than fp32 (AMX), scoring every passage with a bf16 copy
 of the model is fast, but bf16 rounding moves label scores a little, and a passage whose two best labels are
 close can change its label. The cascade keeps the fp32 labels:
-1. probe: the first PROBE_PASSAGES passages are scored both ways; the largest change bf16 makes to a difference
-   between two labels' scores, times SAFETY, is the bound (measured per model and per scorer, on the user's own
-   passages, once);
+1. probe: PROBE_PASSAGES passages spread evenly over the first scoring call (in `predict`, the first chunk of
+   the corpus) are scored both ways; the largest change bf16 makes to a difference between two labels' scores,
+   times SAFETY, is the bound (measured per model and per scorer, on the user's own passages, once). Spread, not
+   the first ones: a corpus sorted by date, length or speaker would otherwise probe one end of itself only;
 2. every other passage is scored in bf16 only;
 3. each passage whose bf16 margin (best minus runner-up label, on the scores the labels come from) lies within
    the bound is scored again in fp32, and takes those scores; so is each passage whose probabilities the bound
@@ -58,6 +59,11 @@ def sensitive_probabilities(scores: np.ndarray, temperature: float, bound: float
     return (p * (1 - p)).max(axis=1) * bound / temperature > PROBABILITY_TOLERANCE
 
 
+def probe_positions(n: int) -> np.ndarray:
+    """PROBE_PASSAGES positions spread evenly over a call of n >= PROBE_PASSAGES passages, first and last included."""
+    return np.unique(np.linspace(0, n - 1, PROBE_PASSAGES).round().astype(int))
+
+
 def top_margins(scores: np.ndarray) -> np.ndarray:
     if scores.shape[1] < 2:
         return np.full(len(scores), np.inf)
@@ -108,29 +114,30 @@ class MarginCascade:
     def score_prompts(self, prompts: Sequence, on_progress: Callable[[int], None] | None = None) -> LabelScores:
         prompts = list(prompts)
         tally = self.tally
-        probe = 0
-        if tally.bound is None:  # the first call of at least PROBE_PASSAGES measures the bound on its first ones
+        probe = np.zeros(0, dtype=int)
+        if tally.bound is None:  # the first call of at least PROBE_PASSAGES measures the bound
             if len(prompts) < PROBE_PASSAGES:  # too few to measure it on: fp32 alone
                 tally.fp32_only += len(prompts)
                 return self.exact.score_prompts(prompts, on_progress)
-            probe = PROBE_PASSAGES
-        exact_probe = self.exact.score_prompts(prompts[:probe]) if probe else None
+            probe = probe_positions(len(prompts))
+        exact_probe = self.exact.score_prompts([prompts[i] for i in probe]) if len(probe) else None
         fast_all = self.fast.score_prompts(prompts, on_progress)
         scores = fast_all.scores.copy()
-        if probe:
-            scores[:probe] = exact_probe.scores
-            tally.probe_passages = probe
-            tally.largest_change = largest_difference_change(fast_all.scores[:probe], exact_probe.scores)
+        if len(probe):
+            scores[probe] = exact_probe.scores
+            tally.probe_passages = len(probe)
+            tally.largest_change = largest_difference_change(fast_all.scores[probe], exact_probe.scores)
             tally.bound = SAFETY * tally.largest_change
             log.info("bf16 margin cascade: on %d probe passages bf16 moved a difference of two label scores by "
                      "at most %.4f; passages with a bf16 margin under %.4f are rescored in fp32",
-                     probe, tally.largest_change, tally.bound)
+                     len(probe), tally.largest_change, tally.bound)
         adjusted = scores if self.offset is None else scores + self.offset[None, :]
-        rest = adjusted[probe:]
-        close = (top_margins(rest) <= tally.bound) | sensitive_probabilities(rest, self.temperature, tally.bound)
-        uncertain = np.flatnonzero(close) + probe
+        bound = tally.bound
+        close = (top_margins(adjusted) <= bound) | sensitive_probabilities(adjusted, self.temperature, bound)
+        close[probe] = False  # already exact
+        uncertain = np.flatnonzero(close)
         if len(uncertain):
             scores[uncertain] = self.exact.score_prompts([prompts[i] for i in uncertain]).scores
-        tally.fast_passages += len(prompts) - probe
+        tally.fast_passages += len(prompts) - len(probe)
         tally.rescored += len(uncertain)
         return LabelScores(fast_all.labels, scores)
