@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
+
+from framesft.runfolder import read_provenance
 
 from conftest import FRAMES, SAMPLE_DATA, tiny_config
 
@@ -61,3 +64,29 @@ def test_sharded_prediction_has_every_row_exactly_once(trained_run, tmp_path):
     assert result["chunk_id"].tolist() == [f"c{i}" for i in range(130)]
     assert set(result["predicted"]) <= set(FRAMES)
     assert result["party"].tolist() == [f"p{i % 7}" for i in range(130)]  # kept columns from both processes
+    assert read_provenance(out)["processes"] == 2  # the world size really was 2
+
+
+def test_sharded_prediction_through_the_cascade_records_each_process(trained_run, tmp_path):
+    """Each process measures its own bound on its own chunks; the provenance keeps every process's tally."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run.run_dir, run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["evaluation"]["bf16_cascade"] = True  # forced: the cascade runs on any CPU
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    texts = pd.read_csv(SAMPLE_DATA / "test.csv")["chunk_text"].tolist()
+    corpus = tmp_path / "corpus.csv"
+    pd.DataFrame({"chunk_text": [texts[i % len(texts)] for i in range(130)]}).to_csv(corpus, index=False)
+    out = tmp_path / "out.csv"
+    done = run_two_processes("predict", str(run), "--input", str(corpus), "--output", str(out), "--chunk-rows", "40")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(pd.read_csv(out, keep_default_na=False)) == 130
+    record = read_provenance(out)
+    assert record["processes"] == 2
+    tally = record["bf16_cascade"]
+    # chunks of 40, 40, 40, 10: process 0 scores chunks 0 and 2, process 1 chunks 1 and 3; each probes 32 of its first
+    per_process = tally["per_process"]
+    assert [t["probe_passages"] for t in per_process] == [32, 32]
+    assert [t["probe_passages"] + t["fast_passages"] + t["fp32_only"] for t in per_process] == [80, 50]
+    assert tally["probe_passages"] == 64 and tally["fast_passages"] == 130 - 64
+    assert tally["bound"] == max(t["bound"] for t in per_process)

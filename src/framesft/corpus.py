@@ -23,9 +23,9 @@ import pandas as pd
 
 from . import __version__
 from .adaptation import adaptation_provenance
-from .cascade import CascadeTally, MarginCascade
+from .cascade import MarginCascade
 from .errors import DataError, FrameSFTError, RunFolderError
-from .files import atomic_path, write_json
+from .files import atomic_path, read_json, write_json
 from .runfolder import check_run_folder, provenance_path, read_run_config
 from .tables import (DELIMITED_SUFFIXES, csv_options, iter_delimited_chunks, iter_jsonl_records, read_workbook,
                      require_columns, text_encoding)
@@ -274,25 +274,42 @@ def predict_corpus(run_dir: str | Path, input_path: str | Path, output_path: str
                 result.insert(1 + position, column, chunk[column].values)
             write_part(parts, index, result)
             advance(len(chunk) * state.num_processes)
+    if isinstance(scorer, MarginCascade):  # each process's own tally: the main one records them all
+        log.info("%s", scorer.tally.summary())
+        write_json(parts / f"cascade-{state.process_index}.json", scorer.tally.as_dict())
     state.wait_for_everyone()
     if not state.is_main_process:
         return None
-    cascade = scorer.tally if isinstance(scorer, MarginCascade) else None
-    if cascade is not None:
-        log.info("%s", cascade.summary())
-    write_provenance(Path(run_dir), classifier.config, output, cascade)
+    tallies = [read_json(parts / f"cascade-{k}.json") for k in range(state.num_processes)
+               if (parts / f"cascade-{k}.json").is_file()]
+    write_provenance(Path(run_dir), classifier.config, output, state.num_processes, tallies)
     return merge_parts(parts, n_chunks, output)
 
 
-def write_provenance(run_dir: Path, config, output: Path, cascade: CascadeTally | None = None) -> None:
+def write_provenance(run_dir: Path, config, output: Path, processes: int = 1,
+                     cascade_tallies: Sequence[dict] = ()) -> None:
     """Next to the predictions, the run that wrote them: `estimate`'s methods paragraph reads the model from it,
     and an adapted run records which passages it was fitted on (`estimate` refuses them as audit). Written
     before the predictions themselves, so a prediction file never lacks it."""
     record = {"run": str(run_dir.resolve()), "base_model": config.model.base_model, "method": config.method,
-              "framesft_version": __version__}
+              "framesft_version": __version__, "processes": processes}
     adapted_on = adaptation_provenance(run_dir)
     if adapted_on:
         record["adapted_on"] = adapted_on
-    if cascade is not None:  # this process's share (with several processes, each scored its own chunks)
-        record["bf16_cascade"] = cascade.as_dict()
+    if cascade_tallies:  # with several processes each measured its own bound on its own chunks
+        record["bf16_cascade"] = combined_tally(cascade_tallies)
     write_json(provenance_path(output), record)
+
+
+def combined_tally(tallies: Sequence[dict]) -> dict:
+    """The cascade tallies of all processes as one record: counts summed, the widest bound; each process's own
+    under `per_process` where there were several."""
+    combined = dict(tallies[0])
+    for key in ("probe_passages", "fast_passages", "rescored", "fp32_only"):
+        combined[key] = sum(t[key] for t in tallies)
+    for key in ("largest_change", "bound"):
+        values = [t[key] for t in tallies if t[key] is not None]
+        combined[key] = max(values) if values else None
+    if len(tallies) > 1:
+        combined["per_process"] = list(tallies)
+    return combined
