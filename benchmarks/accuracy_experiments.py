@@ -17,7 +17,8 @@ and appends one entry to benchmarks/results/accuracy_experiments.json with:
 - the dev labels and calibrated probabilities, so that seeds can be pooled and ensembles scored from the JSON.
 Every recipe tried is kept, helpful or not: entries are appended, never replaced.
 
-`--summary` prints the table of all entries (per recipe: mean over seeds, and the paired differences).
+`--summary` prints the table of all entries (per recipe: mean over seeds, and the paired differences); `--pooled
+RECIPE` averages its paired gain over default across the seeds both ran (one bootstrap over the passages).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import pandas as pd
 
 from framesft.metrics import classification_metrics
 from framesft.reliability import agreement
-from framesft.statistics import bootstrap_intervals, paired_comparison
+from framesft.statistics import bootstrap_intervals, paired_comparison, resample_indices, resampled_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "brexit"
@@ -227,13 +228,47 @@ def ensemble_entry(recipe: str, budget: str, entries: list[dict]) -> dict:
     return entry
 
 
+def pooled_over_seeds(recipe: str, budget: str, entries: list[dict], n_resamples: int = 10_000) -> dict:
+    """The recipe's gain over `default`, averaged over every seed both were trained with: the mean of the per-seed
+    F1 macro differences, with a paired bootstrap 95% interval that resamples the same passages for every seed
+    (so the seeds' own spread is averaged, not counted as evidence)."""
+    seeds = sorted({e["seed"] for e in entries if e["recipe"] == recipe and e["budget"] == budget})
+    pairs = []
+    for seed in seeds:
+        mine = next(e for e in reversed(entries)
+                    if e["recipe"] == recipe and e["seed"] == seed and e["budget"] == budget)
+        base = next((e for e in reversed(entries) if e["recipe"] == "default" and e["seed"] == seed
+                     and e["budget"] == budget and e["dev_truth"] == mine["dev_truth"]), None)
+        if base is not None:
+            pairs.append((seed, mine, base))
+    if len(pairs) < 2:
+        raise SystemExit(f"--pooled {recipe}: needs at least two seeds trained with both it and default "
+                         f"(have {[seed for seed, _, _ in pairs]})")
+    truth, labels = pairs[0][1]["dev_truth"], pairs[0][1]["labels"]
+    samples = resample_indices(len(truth), n_resamples, seed=0)
+    diffs = np.mean([resampled_metrics(truth, mine["dev_predicted"], labels, samples)["f1_macro"]
+                     - resampled_metrics(truth, base["dev_predicted"], labels, samples)["f1_macro"]
+                     for _, mine, base in pairs], axis=0)
+    point = np.mean([mine["dev_f1_macro"] - base["dev_f1_macro"] for _, mine, base in pairs])
+    alpha = np.mean([mine["alpha"] - base["alpha"] for _, mine, base in pairs])
+    return {"recipe": recipe, "budget": budget, "seeds": [seed for seed, _, _ in pairs],
+            "f1_macro_difference": round(float(point), 4),
+            "ci95": [round(float(np.percentile(diffs, 2.5)), 3), round(float(np.percentile(diffs, 97.5)), 3)],
+            "alpha_difference": round(float(alpha), 4), "resamples": n_resamples, "date": time.strftime("%Y-%m-%d")}
+
+
 def load_entries() -> list[dict]:
     return json.loads(RESULTS.read_text())["entries"] if RESULTS.is_file() else []
 
 
-def save_entries(entries: list[dict]) -> None:
+def load_pooled() -> list[dict]:
+    return json.loads(RESULTS.read_text()).get("pooled", []) if RESULTS.is_file() else []
+
+
+def save_entries(entries: list[dict], pooled: list[dict] | None = None) -> None:
     document = {"benchmark": "accuracy campaign on dev_data.csv (150 hand-coded passages, natural distribution)",
-                "protocol": __doc__.split("\n\n")[2].strip(), "entries": entries}
+                "protocol": __doc__.split("\n\n")[2].strip(), "entries": entries,
+                "pooled": load_pooled() if pooled is None else pooled}
     tmp = RESULTS.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(document, indent=1) + "\n")
     tmp.replace(RESULTS)
@@ -269,6 +304,9 @@ def main() -> None:
     parser.add_argument("--summary", action="store_true", help="print the table of all entries and stop")
     parser.add_argument("--ensemble", metavar="RECIPE",
                         help="score the recipe's seeds (already in the JSON) as one ensemble, append it, stop")
+    parser.add_argument("--pooled", metavar="RECIPE",
+                        help="the recipe's gain over default averaged over the seeds both ran (paired bootstrap), "
+                             "append it to the JSON's `pooled` list, stop")
     args = parser.parse_args()
     if args.list:
         for name, recipe in RECIPES.items():
@@ -276,6 +314,13 @@ def main() -> None:
         return
     if args.summary:
         print(summary_table(load_entries()))
+        return
+    if args.pooled:
+        result = pooled_over_seeds(args.pooled, budget_name(args.max_steps), load_entries())
+        save_entries(load_entries(), [*load_pooled(), result])
+        low, high = result["ci95"]
+        print(f"{args.pooled} vs default over seeds {result['seeds']}: F1 macro {result['f1_macro_difference']:+.3f} "
+              f"(95% CI {low:+.3f}, {high:+.3f}), alpha {result['alpha_difference']:+.3f}")
         return
     if args.ensemble:
         entries = load_entries()
