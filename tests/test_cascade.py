@@ -198,3 +198,34 @@ def test_corpus_prediction_through_the_cascade_has_the_fp32_labels(trained_run, 
     tally = read_provenance(tmp_path / "cascade.csv")["bf16_cascade"]
     assert tally["probe_passages"] == 32 and tally["fast_passages"] == len(texts) - 32
     assert "bf16_cascade" not in read_provenance(tmp_path / "fp32.csv")
+
+
+def test_a_resumed_cascade_prediction_accounts_for_every_row(trained_run, tmp_path, monkeypatch):
+    """An attempt interrupted after two chunks, then resumed: the provenance counts the rows of both attempts
+    (each probed 32 passages of its first chunk), not only those of the last."""
+    from conftest import simulate_cpu
+    import framesft.corpus as corpus_module
+    from framesft.runfolder import read_provenance
+
+    texts = pd.read_csv(SAMPLE_DATA / "train.csv", keep_default_na=False)["chunk_text"].tolist()
+    corpus = tmp_path / "corpus.csv"
+    pd.DataFrame({"chunk_text": [f"{texts[i % len(texts)]} ({i})" for i in range(160)]}).to_csv(corpus, index=False)
+    simulate_cpu(monkeypatch, "amx")  # the plan scores through the cascade
+    write_part = corpus_module.write_part
+
+    def write_two_parts_then_stop(parts, index, table):
+        if index == 2:
+            raise KeyboardInterrupt  # as Ctrl-C would, between two chunks
+        write_part(parts, index, table)
+
+    monkeypatch.setattr(corpus_module, "write_part", write_two_parts_then_stop)
+    out = tmp_path / "labels.csv"
+    with pytest.raises(KeyboardInterrupt):
+        corpus_module.predict_corpus(trained_run.run_dir, corpus, out, chunk_rows=40, show_progress=False)
+    assert len(list((tmp_path / "labels.csv.parts").glob("part-*.parquet"))) == 2
+    monkeypatch.setattr(corpus_module, "write_part", write_part)
+    assert corpus_module.predict_corpus(trained_run.run_dir, corpus, out, chunk_rows=40, show_progress=False) == 160
+    tally = read_provenance(out)["bf16_cascade"]
+    assert tally["probe_passages"] == 64  # 32 in each attempt
+    assert tally["probe_passages"] + tally["fast_passages"] + tally["fp32_only"] == 160
+    assert 0 <= tally["rescored"] <= tally["fast_passages"]

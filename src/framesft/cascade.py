@@ -71,6 +71,9 @@ def top_margins(scores: np.ndarray) -> np.ndarray:
     return top2[:, 1] - top2[:, 0]
 
 
+TALLY_COUNTS = ("probe_passages", "fast_passages", "rescored", "fp32_only")
+
+
 @dataclass
 class CascadeTally:
     """What one cascade did: reported in logs, benchmarks and the predictions' provenance."""
@@ -93,6 +96,24 @@ class CascadeTally:
                 "fast_passages": self.fast_passages, "rescored": self.rescored, "fp32_only": self.fp32_only,
                 "safety": SAFETY,
                 "probability_tolerance": PROBABILITY_TOLERANCE}
+
+    def since(self, earlier: dict) -> dict:
+        """What the calls since `earlier` (an as_dict() of this tally) did, with the bound then in force."""
+        record = self.as_dict()
+        for key in TALLY_COUNTS:
+            record[key] -= earlier[key]
+        return record
+
+
+def summed_tallies(tallies: Sequence[dict]) -> dict:
+    """Several tallies (as_dict() records) as one: counts summed, the largest change and the widest bound."""
+    combined = dict(tallies[0])
+    for key in TALLY_COUNTS:
+        combined[key] = sum(t[key] for t in tallies)
+    for key in ("largest_change", "bound"):
+        values = [t[key] for t in tallies if t[key] is not None]
+        combined[key] = max(values) if values else None
+    return combined
 
 
 class MarginCascade:

@@ -23,7 +23,7 @@ import pandas as pd
 
 from . import __version__
 from .adaptation import adaptation_provenance
-from .cascade import MarginCascade
+from .cascade import MarginCascade, summed_tallies
 from .errors import DataError, FrameSFTError, RunFolderError
 from .files import atomic_path, read_json, write_json
 from .runfolder import check_run_folder, provenance_path, read_run_config
@@ -187,6 +187,10 @@ def part_path(parts: Path, index: int) -> Path:
     return parts / f"part-{index:06d}.parquet"
 
 
+def tally_path(parts: Path, index: int) -> Path:
+    return parts / f"cascade-{index:06d}.json"
+
+
 def write_part(parts: Path, index: int, table: pd.DataFrame) -> None:
     with atomic_path(part_path(parts, index)) as tmp:
         table.to_parquet(tmp, index=False)
@@ -259,6 +263,7 @@ def predict_corpus(run_dir: str | Path, input_path: str | Path, output_path: str
     state.wait_for_everyone()
     total = count_rows(source) if state.is_main_process else None
     scorer = classifier.scorer()
+    cascade = scorer if isinstance(scorer, MarginCascade) else None
     n_chunks = 0
     with progress_bar(total, "predicting", unit="rows",
                       enabled=show_progress and state.is_main_process) as advance:
@@ -268,20 +273,22 @@ def predict_corpus(run_dir: str | Path, input_path: str | Path, output_path: str
                 advance(len(chunk) if state.num_processes == 1 else 0)
                 continue
             texts = chunk[source.text_column].tolist()
+            tally_before = cascade.tally.as_dict() if cascade else None
             result = predictions_table(texts, classifier.calibrated(scorer.score_texts(texts))).drop(columns=["text"])
             result.insert(0, id_column or "row", chunk[id_column].values if id_column else chunk["_row"].values)
             for position, column in enumerate(c for c in keep_columns if c != id_column):
                 result.insert(1 + position, column, chunk[column].values)
+            if cascade:  # before the part, so that every chunk with a part has its tally, whichever attempt it was
+                write_json(tally_path(parts, index), {"process": state.process_index,
+                                                      **cascade.tally.since(tally_before)})
             write_part(parts, index, result)
             advance(len(chunk) * state.num_processes)
-    if isinstance(scorer, MarginCascade):  # each process's own tally: the main one records them all
-        log.info("%s", scorer.tally.summary())
-        write_json(parts / f"cascade-{state.process_index}.json", scorer.tally.as_dict())
+    if cascade:
+        log.info("%s", cascade.tally.summary())
     state.wait_for_everyone()
     if not state.is_main_process:
         return None
-    tallies = [read_json(parts / f"cascade-{k}.json") for k in range(state.num_processes)
-               if (parts / f"cascade-{k}.json").is_file()]
+    tallies = [read_json(tally_path(parts, i)) for i in range(n_chunks) if tally_path(parts, i).is_file()]
     write_provenance(Path(run_dir), classifier.config, output, state.num_processes, tallies)
     return merge_parts(parts, n_chunks, output)
 
@@ -301,15 +308,15 @@ def write_provenance(run_dir: Path, config, output: Path, processes: int = 1,
     write_json(provenance_path(output), record)
 
 
-def combined_tally(tallies: Sequence[dict]) -> dict:
-    """The cascade tallies of all processes as one record: counts summed, the widest bound; each process's own
-    under `per_process` where there were several."""
-    combined = dict(tallies[0])
-    for key in ("probe_passages", "fast_passages", "rescored", "fp32_only"):
-        combined[key] = sum(t[key] for t in tallies)
-    for key in ("largest_change", "bound"):
-        values = [t[key] for t in tallies if t[key] is not None]
-        combined[key] = max(values) if values else None
-    if len(tallies) > 1:
-        combined["per_process"] = list(tallies)
+def combined_tally(chunk_tallies: Sequence[dict]) -> dict:
+    """The cascade tallies of every chunk (each tagged with the process that scored it) as one record: counts
+    summed, the widest bound; each process's own under `per_process` where there were several. Counted per
+    chunk, a prediction resumed after an interruption still accounts for every row it wrote."""
+    by_process: dict[int, list[dict]] = {}
+    for tally in chunk_tallies:
+        by_process.setdefault(tally["process"], []).append(tally)
+    per_process = [{"process": process, **summed_tallies(tallies)} for process, tallies in sorted(by_process.items())]
+    combined = {key: value for key, value in summed_tallies(per_process).items() if key != "process"}
+    if len(per_process) > 1:
+        combined["per_process"] = per_process
     return combined
