@@ -54,6 +54,7 @@ class Recipe:
     description: str
     overrides: list[str] = field(default_factory=list)
     training_rows: str = "all"  # "all": train_data.csv as it is; "originals": one row per near-duplicate group
+    pretrain_epochs: float = 0  # > 0: `framesft pretrain` over the originals' passages first, SFT starts from it
 
 
 RECIPES = {
@@ -70,6 +71,8 @@ RECIPES = {
                         training_rows="originals"),
     "originals-2ep": Recipe("one row per near-duplicate group, 2 epochs (about the default's cost)",
                             ["training.num_epochs=2"], training_rows="originals"),
+    "tapt": Recipe("task-adaptive pretraining: one causal-LM epoch over the 1,547 original training passages "
+                   "(labels unread), then the default SFT from that adapter", pretrain_epochs=1),
 }
 
 
@@ -113,10 +116,28 @@ def budget_name(max_steps: int | None) -> str:
     return "full" if not max_steps else f"steps{max_steps}"
 
 
+def pretrain_folder(run_dir: Path) -> Path:
+    return run_dir.with_name(run_dir.name + "-pretrained")
+
+
+def pretrain_command(recipe: Recipe, seed: int, run_dir: Path) -> list[str] | None:
+    """`framesft pretrain` over the originals' passages (never dev_data.csv), or None for a recipe without it."""
+    if not recipe.pretrain_epochs:
+        return None
+    command = [sys.executable, "-m", "framesft.cli", "--quiet", "pretrain", str(CONFIG), "--run-dir",
+               str(pretrain_folder(run_dir)), "--overwrite", "--epochs", str(recipe.pretrain_epochs),
+               "--texts", str(training_file("originals"))]
+    for override in [f"training.seed={seed}", "tracking.report_to=none"]:
+        command += ["--set", override]
+    return command
+
+
 def train_command(recipe: Recipe, seed: int, max_steps: int | None, run_dir: Path) -> list[str]:
     overrides = [*recipe.overrides, f"training.seed={seed}", f"data.data_dir={SHARED}",
                  f"data.train_csv={training_file(recipe.training_rows)}",
                  f"data.test_csv={SHARED / 'dev_data.csv'}", "tracking.report_to=none"]
+    if recipe.pretrain_epochs:
+        overrides.append(f"training.init_adapter={pretrain_folder(run_dir)}")
     if max_steps:
         overrides.append(f"training.max_steps={max_steps}")
     command = [sys.executable, "-m", "framesft.cli", "--quiet", "train", str(CONFIG), "--run-dir", str(run_dir),
@@ -149,10 +170,13 @@ def dev_scores(labels: list[str], truth: list[str], predicted: list[str], probab
     }
 
 
-def dev_entry(name: str, recipe: Recipe, seed: int, budget: str, run_dir: Path, command: list[str],
+def dev_entry(name: str, recipe: Recipe, seed: int, budget: str, run_dir: Path, commands: list[list[str]],
               wall_minutes: float | None, cpu: dict) -> dict:
-    """One result: the run's predictions on dev_data.csv, scored with intervals."""
+    """One result: the run's predictions on dev_data.csv, scored with intervals; `commands`: the steps that
+    trained it (pretraining, if the recipe has it, then SFT)."""
     summary = json.loads((run_dir / "run_summary.json").read_text())
+    pretrained = pretrain_folder(run_dir) / "pretrain_summary.json"
+    pretrain_seconds = json.loads(pretrained.read_text())["train_seconds"] if recipe.pretrain_epochs else 0.0
     predictions = pd.read_csv(run_dir / "predictions_test.csv", dtype={"label": str, "predicted": str},
                               keep_default_na=False)
     labels = [c[2:] for c in predictions.columns if c.startswith("p_")]
@@ -166,11 +190,12 @@ def dev_entry(name: str, recipe: Recipe, seed: int, budget: str, run_dir: Path, 
         **dev_scores(labels, predictions["label"].tolist(), predictions["predicted"].tolist(),
                      predictions[[f"p_{label}" for label in labels]].to_numpy()),
         "validation_f1_macro": summary["metrics"].get("validation", {}).get("f1_macro"),
-        "train_minutes": round(summary["train_seconds"] / 60, 1),
+        "train_minutes": round((summary["train_seconds"] + pretrain_seconds) / 60, 1),  # pretraining included
+        "pretrain_minutes": round(pretrain_seconds / 60, 1),
         "wall_minutes": None if wall_minutes is None else round(wall_minutes, 1),
         "global_step": summary["global_step"],
         "cpu": cpu,
-        "command": shlex.join(str(c) for c in command).replace(str(REPO) + "/", ""),
+        "command": " && ".join(shlex.join(str(c) for c in step) for step in commands).replace(str(REPO) + "/", ""),
         "run_dir": str(run_dir.relative_to(REPO)) if run_dir.is_relative_to(REPO) else str(run_dir),
         "date": time.strftime("%Y-%m-%d"),
     }
@@ -341,16 +366,17 @@ def main() -> None:
         for seed in args.seeds:
             recipe, run_dir = RECIPES[name], run_folder(name, seed, budget)
             command = train_command(recipe, seed, args.max_steps, run_dir)
+            first = pretrain_command(recipe, seed, run_dir)
             wall = None
             if not (args.reuse and run_is_complete(run_dir)):
-                print(f"[{time.strftime('%H:%M')}] training {name} seed {seed} ({budget}): {shlex.join(command)}",
-                      flush=True)
                 run_dir.parent.mkdir(parents=True, exist_ok=True)
                 started = time.perf_counter()
-                subprocess.run(command, check=True, cwd=REPO)
+                for step in ([first] if first else []) + [command]:
+                    print(f"[{time.strftime('%H:%M')}] {name} seed {seed} ({budget}): {shlex.join(step)}", flush=True)
+                    subprocess.run(step, check=True, cwd=REPO)
                 wall = (time.perf_counter() - started) / 60
             entries = load_entries()
-            entry = dev_entry(name, recipe, seed, budget, run_dir, command, wall, cpu)
+            entry = dev_entry(name, recipe, seed, budget, run_dir, ([first] if first else []) + [command], wall, cpu)
             entry["paired_with_default"] = paired_with_default(entry, entries)
             entries.append(entry)
             save_entries(entries)

@@ -6,7 +6,7 @@ import pytest
 
 from framesft.cli import build_parser, main
 
-COMMANDS = ["train", "evaluate", "predict", "data", "demo", "config", "baseline", "export", "compare"]
+COMMANDS = ["train", "pretrain", "evaluate", "predict", "data", "demo", "config", "baseline", "export", "compare"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

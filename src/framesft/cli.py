@@ -15,6 +15,8 @@ log = logging.getLogger("framesft")
 EPILOG = """examples:
   framesft demo                                   fine-tune the embedded model on the sample data
   framesft train configs/mistral-7b-sft.yaml --set training.learning_rate=3e-5
+  framesft pretrain configs/gemma3-brexit.yaml --texts debates.parquet --run-dir runs/tapt
+  framesft train configs/gemma3-brexit.yaml --set training.init_adapter=runs/tapt
   framesft data check train.csv test.csv --config configs/mistral-7b-sft.yaml
   framesft evaluate runs/my-run --data test.csv
   framesft predict runs/my-run --text "The tariffs will cost jobs."
@@ -47,6 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     mode.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+
+    p = commands.add_parser("pretrain", help="task-adaptive pretraining: a LoRA causal-LM pass over unlabelled "
+                                             "passages, to start `train` from (training.init_adapter)")
+    p.set_defaults(handler=command_pretrain)
+    p.add_argument("config", help="YAML config file (its model, LoRA, batch, learning rate and seed are used)")
+    add_overrides(p)
+    p.add_argument("--texts", action="append", default=[], metavar="FILE",
+                   help="CSV/JSONL/Parquet/XLSX file whose data.text_column holds the passages (repeatable; "
+                        "default: the config's data.train_csv, labels unread)")
+    p.add_argument("--run-dir", required=True, help="folder for the adapter, its config and summary")
+    p.add_argument("--epochs", type=float, default=1.0, help="passes over the passages (default: 1)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
 
     p = commands.add_parser("evaluate", help="evaluate a trained run on a labelled file")
     p.set_defaults(handler=command_evaluate)
@@ -271,6 +285,24 @@ def command_train(args, show_progress: bool) -> int:
                                                                      "(temperature fitted on the validation split)"))
     console.print(f"trained {result.global_step} steps in {result.train_seconds / 60:.1f} min; "
                   f"run folder: {result.run_dir}")
+    return 0
+
+
+def command_pretrain(args, show_progress: bool) -> int:
+    from .config import load_config
+    from .pretraining import pretrain
+    from .terminal import console
+
+    config = load_config(args.config, args.overrides)
+    result = pretrain(config, args.run_dir, args.texts, epochs=args.epochs, overwrite=args.overwrite,
+                      show_progress=show_progress)
+    summary = result.summary
+    perplexity = summary["held_out_perplexity"]
+    console.print(f"pretrained on {summary['training_passages']} passages in {summary['train_seconds'] / 60:.1f} "
+                  f"min; held-out perplexity {perplexity['before']:.2f} -> {perplexity['after']:.2f} "
+                  f"({summary['held_out_passages']} passages)")
+    console.print(f"adapter in {result.run_dir}; train from it with: framesft train {args.config} "
+                  f"{summary['use_with']}")
     return 0
 
 

@@ -161,9 +161,10 @@ class TrainingSection(Section):
     lora_r: int = key(16, "LoRA rank: the inner dimension of each low-rank update", gt=0)
     lora_alpha: int = key(32, "LoRA scaling numerator (the update is scaled by alpha / r)", gt=0)
     lora_dropout: float = key(0.05, "dropout on the LoRA input", ge=0, lt=1)
-    init_adapter: str | None = key(None, "continue training from this run's adapter (a run folder, or its adapter/ "
-                                         "folder) instead of new LoRA weights; its rank, alpha, dropout and target "
-                                         "modules replace training.lora_*")
+    init_adapter: str | None = key(None, "continue training from this adapter instead of new LoRA weights: a folder "
+                                         "that `framesft train` or `framesft pretrain` wrote, or its adapter/ "
+                                         "folder; its rank, alpha, dropout and target modules replace "
+                                         "training.lora_*")
     lora_target_modules: list[str] = key(
         lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         "linear layers that get LoRA adapters (leaf names; an unknown name is an error listing the model's)")
