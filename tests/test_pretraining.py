@@ -28,7 +28,7 @@ def pretrained(tiny_model_dir, passages_file, tmp_path_factory):
     config = tiny_config(tiny_model_dir, tmp_path_factory.mktemp("unused"))
     config.model.dtype = "float32"
     run_dir = tmp_path_factory.mktemp("tapt") / "run"
-    return pretrain(config, run_dir, [passages_file], epochs=4, show_progress=False)
+    return pretrain(config, run_dir, [passages_file], epochs=2, show_progress=False)
 
 
 def test_the_causal_lm_loss_is_the_stock_loss_on_padded_batches(tiny_model_dir):
@@ -52,7 +52,7 @@ def test_pretraining_lowers_the_held_out_perplexity_and_writes_a_complete_folder
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
     assert json.loads((run_dir / "pretrain_summary.json").read_text()) == summary
     assert summary["passages"] == 60 and summary["held_out_passages"] == 3  # 5% of the sample's 60 passages
-    assert summary["training_passages"] == 57 and summary["global_step"] == 4 * 15  # 4 epochs of batches of 4
+    assert summary["training_passages"] == 57 and summary["global_step"] == 2 * 15  # 2 epochs of batches of 4
     perplexity = summary["held_out_perplexity"]
     assert perplexity["after"] < 0.9 * perplexity["before"]
     assert not [p for p in run_dir.parent.iterdir() if p.name.startswith(".")]  # no staging folder left
