@@ -7,8 +7,10 @@ dev_data.csv, and compare it with the shipped default trained with the same seed
 
 A recipe is a named set of `--set` overrides of configs/gemma3-brexit.yaml (RECIPES below). For each recipe and
 seed the script runs `framesft train` in a new process (run folder benchmarks/work/accuracy/<budget>/<recipe>-s<seed>;
-an existing complete one is reused with --reuse), reads the run's predictions on dev_data.csv (its test split)
-and appends one entry to benchmarks/results/accuracy_experiments.json with:
+an existing complete one is reused with --reuse; a recipe with pretraining, `tapt`, first runs `framesft pretrain`
+over the original training passages into <run folder>-pretrained and starts SFT from it), reads the run's
+predictions on dev_data.csv (its test split) and appends one entry to benchmarks/results/accuracy_experiments.json
+with:
 - dev F1 macro with its 95% bootstrap interval, accuracy, per-class F1, Krippendorff's alpha (model vs gold) with
   its interval;
 - the paired bootstrap difference in F1 macro and McNemar's test against `default` at the same seed and budget
