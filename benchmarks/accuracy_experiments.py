@@ -367,18 +367,18 @@ def main() -> None:
     for name in args.recipes:
         for seed in args.seeds:
             recipe, run_dir = RECIPES[name], run_folder(name, seed, budget)
-            command = train_command(recipe, seed, args.max_steps, run_dir)
-            first = pretrain_command(recipe, seed, run_dir)
+            pretraining = pretrain_command(recipe, seed, run_dir)
+            steps = ([pretraining] if pretraining else []) + [train_command(recipe, seed, args.max_steps, run_dir)]
             wall = None
             if not (args.reuse and run_is_complete(run_dir)):
                 run_dir.parent.mkdir(parents=True, exist_ok=True)
                 started = time.perf_counter()
-                for step in ([first] if first else []) + [command]:
+                for step in steps:
                     print(f"[{time.strftime('%H:%M')}] {name} seed {seed} ({budget}): {shlex.join(step)}", flush=True)
                     subprocess.run(step, check=True, cwd=REPO)
                 wall = (time.perf_counter() - started) / 60
             entries = load_entries()
-            entry = dev_entry(name, recipe, seed, budget, run_dir, ([first] if first else []) + [command], wall, cpu)
+            entry = dev_entry(name, recipe, seed, budget, run_dir, steps, wall, cpu)
             entry["paired_with_default"] = paired_with_default(entry, entries)
             entries.append(entry)
             save_entries(entries)
