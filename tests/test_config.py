@@ -123,6 +123,8 @@ def test_unknown_section_is_reported(tmp_path):
         ("data:\n  label2id: {a: 0, b: 2}\n", "ids must be 0..1"),
         ("data:\n  label2id: {a: 0, b: 1}\n  num_labels: 3\n", "num_labels is 3"),
         ("training:\n  fp16: true\n  bf16: true\n", "choose one"),
+        ("data:\n  drop_near_duplicates: true\n  near_duplicate_threshold: null\n",
+         "drop_near_duplicates needs the near-duplicate groups"),
         ("- just\n- a list\n", "top level must be a mapping"),
     ],
 )

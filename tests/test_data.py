@@ -208,6 +208,36 @@ def test_run_data_split_keeps_paraphrases_together_unless_turned_off(tmp_path):
     assert not stems(plain.train).isdisjoint(stems(plain.validation))
 
 
+def test_dropping_near_duplicates_trains_on_the_first_row_of_each_group_as_if_the_file_held_only_those(tmp_path):
+    from framesft.config import load_config
+    from framesft.dataset import load_run_data
+
+    bases = [_passage(200 + i) for i in range(30)]
+    rows = []
+    for i, base in enumerate(bases):  # the passage first, then two rewrites of it
+        label = "AB"[i % 2]
+        rows += [(base, label), (_paraphrase(base, every=10), label), (_paraphrase(base, every=9), label)]
+    write_csv(tmp_path / "train.csv", rows)
+    overrides = [f"data.data_dir={tmp_path}", "data.validation_fraction=0.2"]
+
+    dropped = load_run_data(load_config(None, overrides + ["data.drop_near_duplicates=true"]))
+    kept = pd.concat([dropped.train, dropped.validation])["chunk_text"]
+    assert sorted(kept) == sorted(bases)
+    assert dropped.training_rows.startswith("30 of 90 rows of")
+    assert "first of each near-duplicate group" in dropped.training_rows
+    assert len(dropped.validation) == 6
+
+    # the same split as training on a file that holds only the first rows (how the accuracy campaign measured it)
+    write_csv(tmp_path / "originals.csv", [row for row in rows if row[0] in set(bases)])
+    by_file = load_run_data(load_config(None, overrides + ["data.train_csv=originals.csv"]))
+    pd.testing.assert_frame_equal(dropped.train, by_file.train)
+    pd.testing.assert_frame_equal(dropped.validation, by_file.validation)
+
+    everything = load_run_data(load_config(None, overrides))
+    assert everything.training_rows.startswith("all 90 rows")
+    assert len(everything.train) + len(everything.validation) == 90
+
+
 def test_grouped_split_too_small_says_how_to_split_rows_instead():
     base = _passage(5)
     frame = pd.DataFrame([(base, "A"), (_paraphrase(base, every=10), "A"), (_passage(6), "B"), (_passage(7), "B")],

@@ -32,6 +32,8 @@ def test_run_folder_is_complete(trained_run):
     assert adapter_files <= {".safetensors", ".json", ".jinja", ".md"}  # weights as safetensors, no pickles
     label_map = json.loads((trained_run.run_dir / "label_map.json").read_text())
     assert list(label_map["label2id"]) == sorted(FRAMES)  # no label2id in the config: sorted from the data
+    data_report = json.loads((trained_run.run_dir / "data_report.json").read_text())
+    assert data_report["training_rows"].startswith("all ") and data_report["validation_source"]
 
 
 def test_loss_falls_and_validation_metrics_are_logged(trained_run):

@@ -95,6 +95,10 @@ class DataSection(Section):
         0.3, "rows sharing this fraction of their 5-word phrases (paraphrases, overlapping windows) form a group: "
              "groups are reported, kept on one side of the validation split, and validation/test rows near a "
              "training row are flagged; null: off", gt=0, le=1)
+    drop_near_duplicates: bool = key(
+        False, "train on one row per near-duplicate group of the training file (its first, in file order) and drop "
+               "the rest: for files augmented with rewrites of each passage, whose copies teach the model their "
+               "wording rather than the frame. Applied before the validation split; needs near_duplicate_threshold")
 
     @field_validator("label2id")
     @classmethod
@@ -117,6 +121,13 @@ class DataSection(Section):
         except LookupError:
             raise ValueError(f"unknown encoding {value!r}; e.g. utf-8, cp1252, latin-1") from None
         return value
+
+    @model_validator(mode="after")
+    def _dropping_needs_groups(self) -> DataSection:
+        if self.drop_near_duplicates and self.near_duplicate_threshold is None:
+            raise ValueError("drop_near_duplicates needs the near-duplicate groups: set near_duplicate_threshold "
+                             "(e.g. 0.3) or drop_near_duplicates: false")
+        return self
 
     @model_validator(mode="after")
     def _num_labels_matches(self) -> DataSection:

@@ -13,7 +13,8 @@ from typing import Sequence
 
 import pandas as pd
 
-from .checks import DataReport, check_lengths, check_table, check_tables, raise_on_errors, rows_text
+from .checks import (DataReport, check_lengths, check_table, check_tables, near_duplicate_groups, raise_on_errors,
+                     rows_text)
 from .config import DataSection, FrameSFTConfig
 from .errors import DataError, FrameSFTError
 from .tables import read_table
@@ -31,6 +32,7 @@ class RunData:
     test: pd.DataFrame | None
     reports: list[DataReport] = field(default_factory=list)  # one per file, in the order the config names them
     validation_source: str = ""
+    training_rows: str = ""  # which rows of the training file were used (all, or one per near-duplicate group)
     files: list[pd.DataFrame] = field(default_factory=list, repr=False)  # the files as read (before the split)
 
 
@@ -53,6 +55,12 @@ def load_run_data(config: FrameSFTConfig) -> RunData:
     by_key = dict(zip(["train_csv"] + [k for k in ("validation_csv", "test_csv") if getattr(data, k)],
                       (table for _, table in tables)))
     train, validation, test = by_key["train_csv"], by_key.get("validation_csv"), by_key.get("test_csv")
+    training_rows = f"all {len(train)} rows of {train_path}"
+    if data.drop_near_duplicates:
+        train, groups = first_row_of_each_group(train, groups, data.text_column, data.near_duplicate_threshold)
+        training_rows = (f"{len(train)} of {len(by_key['train_csv'])} rows of {train_path}: the first of each "
+                         "near-duplicate group (data.drop_near_duplicates)")
+        log.info("training on %s", training_rows)
     if validation is not None:
         validation_source = str(data.path("validation_csv"))
     else:
@@ -64,7 +72,20 @@ def load_run_data(config: FrameSFTConfig) -> RunData:
     missing = sorted(set(labels) - set(validation[data.label_column]))
     if missing:
         log.warning("validation data has no examples of %s; their F1 counts as 0 in the macro average", missing)
-    return RunData(labels, train, validation, test, reports, validation_source, [table for _, table in tables])
+    return RunData(labels, train, validation, test, reports, validation_source, training_rows,
+                   [table for _, table in tables])
+
+
+def first_row_of_each_group(table: pd.DataFrame, groups: Sequence[int], text_column: str,
+                            threshold: float) -> tuple[pd.DataFrame, list[int]]:
+    """The first row (file order) of each near-duplicate group, and the groups among the rows kept.
+
+    The groups are found again on what is left: a phrase that was common in the whole file may be rare among
+    the kept rows and join two of them, and the validation split must keep such a pair on one side too.
+    """
+    first = ~pd.Series(list(groups), index=table.index).duplicated()
+    kept = table[first].reset_index(drop=True)
+    return kept, near_duplicate_groups(list(kept[text_column]), threshold)
 
 
 def check_run_lengths(data: RunData, text_column: str, count_tokens, max_text_tokens: int) -> None:

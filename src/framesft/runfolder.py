@@ -6,7 +6,7 @@ interrupted process never leaves something half-written that looks complete.
 
     config.yaml            the resolved config (`framesft train config.yaml` reproduces the run)
     label_map.json         label <-> id
-    data_report.json       data check findings and where the validation set came from
+    data_report.json       data check findings, which training rows were used, where validation came from
     label_distribution.json  label counts of the train / validation / test splits
     adapter/               the best LoRA adapter (safetensors) and the tokenizer
     checkpoints/           Trainer checkpoints (for --resume)
@@ -74,7 +74,8 @@ def detach_log_file(handler: logging.Handler | None) -> None:
 
 
 def write_run_metadata(run_dir: Path, data: RunData, label_column: str) -> None:
-    write_json(run_dir / DATA_REPORT_FILE, {"validation_source": data.validation_source,
+    write_json(run_dir / DATA_REPORT_FILE, {"training_rows": data.training_rows,
+                                            "validation_source": data.validation_source,
                                             "reports": [r.to_dict() for r in data.reports]})
     write_json(run_dir / LABEL_MAP_FILE, {"label2id": {l: i for i, l in enumerate(data.labels)},
                                           "id2label": {i: l for i, l in enumerate(data.labels)}})
