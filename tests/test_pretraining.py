@@ -110,3 +110,15 @@ def test_an_interrupted_pass_leaves_nothing_and_an_existing_folder_is_kept(tiny_
     with pytest.raises(RunFolderError, match="--overwrite"):
         pretrain(config, tmp_path / "run", [passages_file], show_progress=False)
     assert (tmp_path / "run" / "keep.txt").read_text() == "mine"
+
+
+def test_passages_follow_drop_near_duplicates_one_per_group():
+    """With data.drop_near_duplicates the default texts are the rows SFT trains on: the first of each group."""
+    from framesft.pretraining import first_of_each_group
+
+    words = "trade deal border customs fishing farmers jobs parliament vote people rights treaty".split()
+    first = " ".join(words[(i * 7) % len(words)] + str(i) for i in range(60))  # 60 distinct words
+    rewrite = first.replace("0 ", "0x ", 1)  # one word changed: nearly all 5-word phrases shared
+    other = " ".join(reversed(first.split())).replace("1", "y")
+    assert first_of_each_group([first, other, rewrite], 0.3) == [first, other]
+    assert first_of_each_group([rewrite, first, other], 0.3) == [rewrite, other]

@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_overrides(p)
     p.add_argument("--texts", action="append", default=[], metavar="FILE",
                    help="CSV/JSONL/Parquet/XLSX file whose data.text_column holds the passages (repeatable; "
-                        "default: the config's data.train_csv, labels unread)")
+                        "default: the config's data.train_csv, labels unread, one passage per near-duplicate group "
+                        "with data.drop_near_duplicates)")
     p.add_argument("--run-dir", required=True, help="folder for the adapter, its config and summary")
     p.add_argument("--epochs", type=float, default=1.0, help="passes over the passages (default: 1)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing folder")

@@ -2,6 +2,7 @@
 a new LoRA adapter over unlabelled passages of the task (the training texts, or the corpus to be labelled).
 
     framesft pretrain configs/gemma3-brexit.yaml --run-dir runs/tapt             # the config's training texts
+                                                                    # (those SFT trains on: drop_near_duplicates)
     framesft train configs/gemma3-brexit.yaml --set training.init_adapter=runs/tapt
 
 The pass uses the config's model, LoRA settings, batch size, learning rate, schedule, warm-up and seed, with its
@@ -35,6 +36,7 @@ from transformers import Trainer, TrainingArguments, set_seed
 from transformers.trainer_callback import ProgressCallback
 
 from .config import FrameSFTConfig
+from .checks import near_duplicate_groups
 from .dataset import read_data_file
 from .errors import ConfigError, DataError, RunFolderError
 from .files import atomic_directory, write_json, write_text
@@ -75,6 +77,8 @@ def pretrain(config: FrameSFTConfig, run_dir: str | Path, texts: Sequence[str | 
 
     files = [Path(f) for f in texts] or [config.data.path("train_csv")]
     passages = read_passages(files, config)
+    if not texts and config.data.drop_near_duplicates:  # the training file's passages that SFT will train on
+        passages = first_of_each_group(passages, config.data.near_duplicate_threshold)
     model_path = resolve_model_path(config.model.base_model)
     tokenizer = load_tokenizer(model_path, config.model.trust_remote_code)
     encoded = encode_passages(passages, tokenizer, config.data.max_length)
@@ -141,6 +145,15 @@ def read_passages(files: Sequence[Path], config: FrameSFTConfig) -> list[str]:
         raise DataError(f"{', '.join(map(str, files))}: column {column!r} holds {len(passages)} non-empty passage(s); "
                         "pretraining needs at least two (one is held out)")
     return list(passages)
+
+
+def first_of_each_group(passages: list[str], threshold: float) -> list[str]:
+    """One passage per near-duplicate group (the first), as data.drop_near_duplicates keeps for SFT."""
+    groups = near_duplicate_groups(passages, threshold)
+    first = {}
+    for passage, group in zip(passages, groups):
+        first.setdefault(group, passage)
+    return list(first.values())
 
 
 def encode_passages(passages: Sequence[str], tokenizer, max_length: int) -> list[list[int]]:
