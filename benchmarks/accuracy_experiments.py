@@ -83,6 +83,9 @@ RECIPES = {
     "originals-2ep-rank32": Recipe("originals-2ep with LoRA r 32, alpha 64",
                                    ["training.num_epochs=2", "training.lora_r=32", "training.lora_alpha=64"],
                                    training_rows="originals"),
+    "originals-2ep-rank8": Recipe("originals-2ep with LoRA r 8, alpha 16",
+                                  ["training.num_epochs=2", "training.lora_r=8", "training.lora_alpha=16"],
+                                  training_rows="originals"),
     "tapt": Recipe("task-adaptive pretraining: one causal-LM epoch over the 1,547 original training passages "
                    "(labels unread), then the default SFT from that adapter", pretrain_epochs=1),
 }

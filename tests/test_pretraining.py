@@ -112,7 +112,7 @@ def test_an_interrupted_pass_leaves_nothing_and_an_existing_folder_is_kept(tiny_
     assert (tmp_path / "run" / "keep.txt").read_text() == "mine"
 
 
-def test_passages_follow_drop_near_duplicates_one_per_group():
+def test_one_passage_per_near_duplicate_group_the_first():
     """With data.drop_near_duplicates the default texts are the rows SFT trains on: the first of each group."""
     from framesft.pretraining import first_of_each_group
 

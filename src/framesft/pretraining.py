@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainingArguments, set_seed
 from transformers.trainer_callback import ProgressCallback
 
-from .config import FrameSFTConfig
 from .checks import near_duplicate_groups
+from .config import FrameSFTConfig
 from .dataset import read_data_file
 from .errors import ConfigError, DataError, RunFolderError
 from .files import atomic_directory, write_json, write_text
