@@ -134,6 +134,15 @@ def test_bad_values_name_the_key_and_what_is_allowed(tmp_path, text, expected):
     assert expected in str(error.value)
 
 
+def test_a_check_across_keys_names_them_without_echoing_the_whole_section(tmp_path):
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, "data:\n  train_csv: mine.csv\n  drop_near_duplicates: true\n"
+                                    "  near_duplicate_threshold: null\n"))
+    message = str(error.value)
+    assert "data: drop_near_duplicates needs the near-duplicate groups" in message
+    assert "mine.csv" not in message  # the section's other keys are not echoed
+
+
 def test_cli_style_overrides_are_parsed_as_yaml():
     config = load_config(None, ["training.learning_rate=3e-5", "training.lora_target_modules=[q_proj, v_proj]",
                                 "tracking.report_to=wandb"])

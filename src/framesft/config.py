@@ -450,6 +450,8 @@ def describe_validation_error(err: dict[str, Any]) -> str:
     message = err["msg"].removeprefix("Value error, ")
     if err["type"] == "literal_error":
         message = "must be one of " + message.removeprefix("Input should be ")
+    if isinstance(given, dict):  # a check across a section's keys: its message names them, the section would bury it
+        return f"{location}: {message}"
     return f"{location}: {message} (got {given!r})"
 
 
