@@ -86,6 +86,9 @@ RECIPES = {
     "originals-2ep-rank8": Recipe("originals-2ep with LoRA r 8, alpha 16",
                                   ["training.num_epochs=2", "training.lora_r=8", "training.lora_alpha=16"],
                                   training_rows="originals"),
+    "originals-2ep-lr1e-4": Recipe("originals-2ep with learning rate 1e-4 (shipped: 2e-4)",
+                                   ["training.num_epochs=2", "training.learning_rate=1e-4"],
+                                   training_rows="originals"),
     "tapt": Recipe("task-adaptive pretraining: one causal-LM epoch over the 1,547 original training passages "
                    "(labels unread), then the default SFT from that adapter", pretrain_epochs=1),
 }

@@ -18,7 +18,7 @@ import torch
 def measure_roof(size: int = 2048, repeats: int = 5, rounds: int = 3) -> dict:
     """The best of `rounds` measurements per dtype, taken in turns: this VM's speed dips for seconds at a time,
     and a roof measured in a dip would inflate every share computed against it."""
-    from framesft.modeling import measure_matmul_gflops
+    from framesft.precision import measure_matmul_gflops
 
     fp32 = bf16 = 0.0
     for _ in range(rounds):

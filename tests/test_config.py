@@ -197,8 +197,8 @@ def test_keys_without_effect_are_reported_when_the_config_is_loaded(tmp_path, ca
 
 
 def test_settings_that_cannot_work_are_errors_at_load_time(tmp_path):
-    with pytest.raises(ConfigError, match="training.use_lora: framesft trains LoRA adapters only"):
-        load_config(write(tmp_path, "training:\n  use_lora: false\n"))
+    with pytest.raises(ConfigError, match="use_lora is false .full fine-tuning. but model.load_in_4bit is true"):
+        load_config(write(tmp_path, "training:\n  use_lora: false\nmodel:\n  load_in_4bit: true\n"))
     with pytest.raises(ConfigError, match="gpu is false but num_gpus is 2"):
         load_config(write(tmp_path, "hardware:\n  gpu: false\n  num_gpus: 2\n"))
     with pytest.raises(ConfigError, match="data.delimiter"):

@@ -155,20 +155,20 @@ def test_fused_rotary_leaves_another_convention_alone(monkeypatch):
 
 
 def test_training_with_fused_norms_and_rotary_gives_the_stock_gradients(monkeypatch, tiny_model_dir, tmp_path):
-    """The whole model as `lora_model` builds it for CPU training: loss and LoRA gradients with the fused norms and
+    """The whole model as `trainable_model` builds it for CPU training: loss and LoRA gradients with the fused norms and
     rotary equal those with transformers' own (the same dropout draws under the same seed)."""
     from conftest import tiny_config
     from framesft.methods import build_method
     from framesft.modeling import load_tokenizer
     from framesft.precision import resolve_plan
-    from framesft.training import lora_model
+    from framesft.training import trainable_model
 
     monkeypatch.setattr(modeling_llama, "apply_rotary_pos_emb", stock_rotary())
     config = tiny_config(tiny_model_dir, tmp_path / "run", lora_dropout=0.1)
     config.model.dtype = "float32"  # the path under test, on every CPU (auto takes bf16 where AMX makes it faster)
     method = build_method(config, load_tokenizer(tiny_model_dir, False), ["A", "B"])
     torch.manual_seed(0)
-    model = lora_model(config, tiny_model_dir, method, ["A", "B"], resolve_plan(config, torch.device("cpu"))).train()
+    model = trainable_model(config, tiny_model_dir, method, ["A", "B"], resolve_plan(config, torch.device("cpu"))).train()
     norms = [m for m in model.modules() if "fused_norm_offset" in m.__dict__]
     assert len(norms) == 2 * 2 + 1 and hasattr(modeling_llama.apply_rotary_pos_emb, "fused_original")
     for name, parameter in sorted(model.named_parameters()):

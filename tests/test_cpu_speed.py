@@ -145,13 +145,13 @@ def test_the_plan_installs_exactly_its_fused_operations(monkeypatch, tiny_model_
     from framesft.methods import build_method
     from framesft.modeling import load_tokenizer
     from framesft.precision import resolve_plan
-    from framesft.training import lora_model
+    from framesft.training import trainable_model
 
     config = tiny_config(tiny_model_dir, tmp_path / "run", bf16=True)
     method = build_method(config, load_tokenizer(tiny_model_dir, False), ["A", "B"])
     for kind, fused_norms in (("avx512_bf16", True), ("amx", False)):
         simulate_cpu(monkeypatch, kind)
-        model = lora_model(config, tiny_model_dir, method, ["A", "B"], resolve_plan(config, torch.device("cpu")))
+        model = trainable_model(config, tiny_model_dir, method, ["A", "B"], resolve_plan(config, torch.device("cpu")))
         norms = [m for m in model.modules() if "fused_norm_offset" in m.__dict__]
         lora_forwards = [m for m in model.modules() if "lora_A" in m.__dict__.get("_modules", {})
                          and "forward" in m.__dict__]
@@ -210,7 +210,7 @@ def test_gradient_checkpointing_recomputes_the_same_dropout_masks(tiny_model_dir
     from framesft.methods import build_method
     from framesft.modeling import load_tokenizer
     from framesft.precision import resolve_plan
-    from framesft.training import lora_model
+    from framesft.training import trainable_model
 
     ids = torch.randint(5, 200, (3, 40), generator=torch.Generator().manual_seed(0))
     gradients, mask_draws = {}, {}
@@ -223,7 +223,7 @@ def test_gradient_checkpointing_recomputes_the_same_dropout_masks(tiny_model_dir
         method = build_method(config, load_tokenizer(tiny_model_dir, False), ["A", "B"])
         torch.manual_seed(0)
         plan = resolve_plan(config, torch.device("cpu"))
-        model = lora_model(config, tiny_model_dir, method, ["A", "B"], plan).train()
+        model = trainable_model(config, tiny_model_dir, method, ["A", "B"], plan).train()
         draws.clear()
         for name, parameter in sorted(model.named_parameters()):
             if "lora_B" in name:  # B starts at zero, which would leave A without a gradient

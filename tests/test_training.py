@@ -186,13 +186,13 @@ def test_training_continues_from_a_saved_adapter(trained_run, tiny_model_dir, tm
     from framesft.methods import build_method
     from framesft.modeling import load_tokenizer
     from framesft.precision import resolve_plan
-    from framesft.training import lora_model
+    from framesft.training import trainable_model
 
     saved = load_file(str(trained_run.run_dir / "adapter" / "adapter_model.safetensors"))
     config = tiny_config(tiny_model_dir, tmp_path / "run", init_adapter=str(trained_run.run_dir), max_steps=1)
     config.model.dtype = "float32"
     method = build_method(config, load_tokenizer(tiny_model_dir, False), trained_run.labels)
-    model = lora_model(config, tiny_model_dir, method, trained_run.labels, resolve_plan(config, torch.device("cpu")))
+    model = trainable_model(config, tiny_model_dir, method, trained_run.labels, resolve_plan(config, torch.device("cpu")))
     loaded = {name: p for name, p in model.named_parameters() if "lora_" in name}
     assert len(loaded) == len(saved) and all(p.requires_grad for p in loaded.values())
     for name, weights in saved.items():  # PEFT stores them without the adapter name
@@ -203,7 +203,7 @@ def test_training_continues_from_a_saved_adapter(trained_run, tiny_model_dir, tm
 
     config.training.init_adapter = str(tmp_path)  # no adapter there: a clear error naming the key
     with pytest.raises(ConfigError, match="training.init_adapter"):
-        lora_model(config, tiny_model_dir, method, trained_run.labels, resolve_plan(config, torch.device("cpu")))
+        trainable_model(config, tiny_model_dir, method, trained_run.labels, resolve_plan(config, torch.device("cpu")))
 
 
 def test_out_of_memory_retries_with_half_batch_and_double_accumulation(tiny_model_dir, tmp_path, monkeypatch):

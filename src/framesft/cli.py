@@ -169,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="labelled file to evaluate on (default: the config's test file)")
     p.add_argument("--output", help="write the metrics as JSON here")
 
-    p = commands.add_parser("export", help="write the base model with the adapter merged (plain transformers)")
+    p = commands.add_parser("export", help="write the trained model as a plain transformers folder (the base with "
+                                                "the adapter merged, or the fully fine-tuned model)")
     p.set_defaults(handler=command_export)
     p.add_argument("run", help="run folder written by `framesft train`")
     p.add_argument("--output", required=True, help="new folder for the merged model")

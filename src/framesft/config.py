@@ -168,7 +168,11 @@ class DataSection(Section):
 class TrainingSection(Section):
     """LoRA, optimisation, checkpoints."""
 
-    use_lora: bool = key(True, "framesft trains LoRA adapters; false is refused (kept so existing files load)")
+    use_lora: bool = key(True, "true: train LoRA adapters (the run saves adapter/); false: full fine-tuning, every "
+                               "weight trains except the input token embeddings (and an LM head tied to them), "
+                               "in fp32 with autocast where training.bf16 applies, the run saves model/; about "
+                               "16 bytes per trained parameter for weights, gradients and AdamW, so meant for "
+                               "models under about 1B parameters; training.lora_* then have no effect")
     lora_r: int = key(16, "LoRA rank: the inner dimension of each low-rank update", gt=0)
     lora_alpha: int = key(32, "LoRA scaling numerator (the update is scaled by alpha / r)", gt=0)
     lora_dropout: float = key(0.05, "dropout on the LoRA input", ge=0, lt=1)
@@ -214,13 +218,13 @@ class TrainingSection(Section):
     oom_retry: bool = key(False, "on CUDA out-of-memory, retry from the start with half the batch and twice the "
                                  "accumulation (the effective batch stays the same)")
 
-    @field_validator("use_lora")
-    @classmethod
-    def _lora_only(cls, value: bool) -> bool:
-        if not value:
-            raise ValueError("framesft trains LoRA adapters only (full fine-tuning is not supported); remove the "
-                             "key or set it to true")
-        return value
+    @model_validator(mode="after")
+    def _adapter_needs_lora(self) -> TrainingSection:
+        if self.init_adapter and not self.use_lora:
+            raise ValueError("init_adapter continues a LoRA adapter, but use_lora is false (full fine-tuning); "
+                             "set use_lora: true, or to fully fine-tune a model you trained before, give its "
+                             "model/ folder as model.base_model and leave init_adapter null")
+        return self
 
     @field_validator("lora_target_modules")
     @classmethod
@@ -313,6 +317,21 @@ class FrameSFTConfig(Section):
     tracking: TrackingSection = key(TrackingSection)
 
     @model_validator(mode="after")
+    def _full_finetuning_trains_full_precision_weights(self) -> FrameSFTConfig:
+        if self.training.use_lora:
+            return self
+        if self.model.load_in_4bit:
+            raise ValueError("training.use_lora is false (full fine-tuning) but model.load_in_4bit is true: 4-bit "
+                             "weights cannot be trained themselves; set use_lora: true (QLoRA) or load_in_4bit: "
+                             "false")
+        if self.model.dtype in ("bfloat16", "float16"):
+            raise ValueError(f"training.use_lora is false (full fine-tuning) but model.dtype is {self.model.dtype}: "
+                             "the optimizer would update the weights in half precision, where small updates "
+                             "round away; set model.dtype to auto (fp32 weights) and training.bf16 or fp16 for "
+                             "mixed precision")
+        return self
+
+    @model_validator(mode="after")
     def _definitions_name_known_labels(self) -> FrameSFTConfig:
         known = self.data.label2id
         unknown = [k for k in self.prompt.label_definitions if known is not None and k not in known]
@@ -376,6 +395,13 @@ def keys_without_effect(config: FrameSFTConfig) -> list[str]:
         if config.model.load_in_4bit or t.fp16:
             key_name = "model.load_in_4bit" if config.model.load_in_4bit else "training.fp16"
             notes.append(f"{key_name} needs a CUDA GPU but hardware.gpu is false; this run will fail to start")
+    if not t.use_lora:
+        lora_defaults = TrainingSection()
+        changed = [f"training.{name}" for name in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
+                   if getattr(t, name) != getattr(lora_defaults, name)]
+        if changed:
+            verb = "has" if len(changed) == 1 else "have"
+            notes.append(f"{', '.join(changed)} {verb} no effect: training.use_lora is false (full fine-tuning)")
     if config.method == "classification":  # the head reads the passage alone and scores classes
         if config.prompt != PromptSection():
             notes.append("prompt.* has no effect with method: classification (the head reads the passage alone)")
@@ -450,6 +476,8 @@ def describe_validation_error(err: dict[str, Any]) -> str:
     message = err["msg"].removeprefix("Value error, ")
     if err["type"] == "literal_error":
         message = "must be one of " + message.removeprefix("Input should be ")
+    if not location:  # a check across sections: its message names the keys
+        return message
     if isinstance(given, dict):  # a check across a section's keys: its message names them, the section would bury it
         return f"{location}: {message}"
     return f"{location}: {message} (got {given!r})"

@@ -1,4 +1,5 @@
-"""`framesft export`: the base model with a run's adapter merged in, as a plain transformers folder."""
+"""`framesft export`: the base model with a run's adapter merged in (or a fully fine-tuned run's model), as a plain
+transformers folder."""
 
 from __future__ import annotations
 

@@ -108,8 +108,9 @@ PICKLE_OVERRIDE = "FRAMESFT_TRUST_PICKLE"
 
 
 def refuse_pickled_weights(folder: Path) -> None:
-    """Weights must be safetensors: a pickle file (.bin/.pt/.pkl weights) can run code when it is loaded."""
-    if (folder / "adapter_model.safetensors").is_file():
+    """Weights must be safetensors: a pickle file (.bin/.pt/.pkl weights) can run code when it is loaded. An adapter
+    folder holds adapter_model.safetensors; a fully fine-tuned model model.safetensors (or its shards)."""
+    if any(folder.glob("*.safetensors")):
         return
     pickled = [p.name for p in folder.glob("*") if p.name in {"adapter_model.bin", "pytorch_model.bin"}
                or p.suffix in {".pkl", ".pickle"}]
@@ -117,7 +118,8 @@ def refuse_pickled_weights(folder: Path) -> None:
         log.warning("loading pickle-based weights %s because %s=1", pickled, PICKLE_OVERRIDE)
         return
     raise ConfigError(
-        f"{folder}: no adapter_model.safetensors"
+        f"{folder}: no safetensors weights (adapter_model.safetensors, or model.safetensors after full "
+        "fine-tuning)"
         + (f"; found pickle-based weights {pickled}, which framesft refuses to load because unpickling can run "
            f"arbitrary code. Convert them to safetensors, or, only for files you trust, set {PICKLE_OVERRIDE}=1"
            if pickled else "")

@@ -16,7 +16,8 @@ from .config import FrameSFTConfig
 from .methods import Method, Scorer, build_method
 from .modeling import load_adapter, load_base_model, load_tokenizer, resolve_model_path
 from .precision import resolve_plan
-from .runfolder import ADAPTER_DIR, check_run_folder, read_label_map, read_run_config
+from .files import refuse_pickled_weights
+from .runfolder import MODEL_DIR, check_run_folder, read_label_map, read_run_config, trained_weights_dir
 from .scoring import LabelScores, predictions_table
 from .terminal import progress_bar
 
@@ -67,7 +68,8 @@ def merged_for_scoring(model):
 
 
 def load_classifier(run_dir: str | Path, device=None, merge: bool = True, dtype: str | None = None) -> Classifier:
-    """Base model + the run's LoRA adapter, with the run's own config, labels and prompt.
+    """Base model + the run's LoRA adapter (or the run's fully fine-tuned model), with the run's own config, labels
+    and prompt.
 
     merge: fold the adapter into the weights for faster scoring (merged_for_scoring); dtype overrides the run's
     model.dtype (export writes fp32 weights on CPU)."""
@@ -78,12 +80,17 @@ def load_classifier(run_dir: str | Path, device=None, merge: bool = True, dtype:
         config = config.model_copy(deep=True)
         config.model.dtype = dtype
     labels = read_label_map(run_dir)
-    model_path = resolve_model_path(config.model.base_model)
+    weights_dir = trained_weights_dir(run_dir)
+    full = weights_dir.name == MODEL_DIR  # full fine-tuning: the run holds the whole model
+    if full:
+        refuse_pickled_weights(weights_dir)
+    model_path = str(weights_dir) if full else resolve_model_path(config.model.base_model)
     tokenizer = load_tokenizer(model_path, config.model.trust_remote_code)
     plan = resolve_plan(config, device)
-    base = load_base_model(config, model_path, plan, for_training=False, labels=labels,
-                           pad_token_id=tokenizer.pad_token_id)
-    model = load_adapter(base, run_dir / ADAPTER_DIR)
+    model = load_base_model(config, model_path, plan, for_training=False, labels=labels,
+                            pad_token_id=tokenizer.pad_token_id)
+    if not full:
+        model = load_adapter(model, weights_dir)
     if merge:
         model = merged_for_scoring(model)
     model.eval()

@@ -158,6 +158,33 @@ def linear_module_names(model) -> set[str]:
     return names
 
 
+def make_trainable(model, config: FrameSFTConfig):
+    """What training.use_lora asks for: LoRA adapters on the frozen model, or (full fine-tuning) the model's own
+    weights trainable."""
+    return attach_lora(model, config) if config.training.use_lora else unfreeze_for_full_finetuning(model)
+
+
+def unfreeze_for_full_finetuning(model):
+    """Every weight trainable except the input token embeddings, and with them an LM head tied to them (Gemma,
+    SmolLM2). A prompt's tokens are all known words, and the embedding table is most of a small model (Gemma 3
+    270M: 168M of its 268M parameters, a 262,144-token vocabulary): training it would more than double the
+    optimizer's memory and step time to move rows that the answer tokens barely touch."""
+    model.requires_grad_(True)
+    model.get_input_embeddings().requires_grad_(False)
+    trainable, _ = count_parameters(model)
+    log.info("full fine-tuning: about %.1f GB for the trained weights, their gradients and AdamW's two moments "
+             "(16 bytes per trained parameter, activations not included)", trainable * 16 / 1e9)
+    return model
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameters, each shared (tied) tensor counted once; for a LoRA model as PEFT counts."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        return model.get_nb_trainable_parameters()
+    unique = {id(p): p for p in model.parameters()}.values()
+    return sum(p.numel() for p in unique if p.requires_grad), sum(p.numel() for p in unique)
+
+
 def attach_lora(model, config: FrameSFTConfig):
     """New LoRA adapters as training.lora_* describe them, or (training.init_adapter) a saved adapter to train
     further."""

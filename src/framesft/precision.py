@@ -228,13 +228,15 @@ def resolve_plan(config: FrameSFTConfig, device: torch.device | None = None) -> 
     device = device or pick_device(config)
     chosen = config.model.dtype
     training_cfg = config.training
+    full = not training_cfg.use_lora  # full fine-tuning: the weights train, so they stay fp32 (config refuses half)
     if device.type == "cuda":
         auto = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
         weights = auto if chosen == "auto" else chosen
         autocast = "bf16" if training_cfg.bf16 else ("fp16" if training_cfg.fp16 else None)
-        return ComputePlan(str(device), training_weights=weights, scoring_weights=weights, scoring_cascade=False,
-                           autocast=autocast, fused_cpu_ops=(), cpu=None,
-                           reason="model.dtype auto on a GPU" if chosen == "auto" else f"model.dtype {chosen}")
+        reason = "model.dtype auto on a GPU" if chosen == "auto" else f"model.dtype {chosen}"
+        return ComputePlan(str(device), training_weights="float32" if full else weights, scoring_weights=weights,
+                           scoring_cascade=False, autocast=autocast, fused_cpu_ops=(), cpu=None,
+                           reason=reason + ("; full fine-tuning trains fp32 weights" if full else ""))
 
     measured = chosen == "auto" and cpu_supports_bf16()
     if chosen != "auto":
@@ -242,17 +244,25 @@ def resolve_plan(config: FrameSFTConfig, device: torch.device | None = None) -> 
         if chosen == "bfloat16" and not cpu_supports_bf16():
             reason += ", emulated: this CPU has no native bf16"
     elif cpu_prefers_bf16():
-        training, scoring = "bfloat16", "float32"
+        training, scoring = ("float32" if full else "bfloat16"), "float32"
         reason = "bf16 matmul measured faster than fp32 on this CPU; scoring in fp32"
+        if full:
+            reason += "; full fine-tuning trains fp32 weights, under bf16 autocast where training.bf16"
     else:
         training, scoring = "float32", "float32"
         reason = ("bf16 matmul not faster than fp32 on this CPU" if measured
                   else "this CPU has no native bf16")
-    autocast = "bf16" if training_cfg.bf16 and training == "bfloat16" else None
-    if training == "float32" and autocast is None:
-        fused = (SPARSE_DROPOUT, FUSED_LORA, FUSED_NORMS, FUSED_ROTARY)
+    if full:
+        # Mixed precision over weights that change every step: the casts are the price of training them.
+        autocast = "bf16" if training_cfg.bf16 and chosen == "auto" and cpu_prefers_bf16() else None
+        # No LoRA layers to fuse or drop out on, and trained norm weights make the fused norm step aside.
+        fused = (FUSED_ROTARY,) if autocast is None and training == "float32" else ()
     else:
-        fused = (SPARSE_DROPOUT,)
+        autocast = "bf16" if training_cfg.bf16 and training == "bfloat16" else None
+        if training == "float32" and autocast is None:
+            fused = (SPARSE_DROPOUT, FUSED_LORA, FUSED_NORMS, FUSED_ROTARY)
+        else:
+            fused = (SPARSE_DROPOUT,)
     cascade = scoring_cascade(config, scoring, bf16_faster=chosen == "auto" and cpu_prefers_bf16())
     return ComputePlan("cpu", training_weights=training, scoring_weights=scoring, scoring_cascade=cascade,
                        autocast=autocast, fused_cpu_ops=fused, cpu=cpu_facts(measured), reason=reason)

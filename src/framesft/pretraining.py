@@ -42,7 +42,7 @@ from .errors import ConfigError, DataError, RunFolderError
 from .files import atomic_directory, write_json, write_text
 from .modeling import attach_lora, load_base_model, load_tokenizer, resolve_model_path
 from .precision import process_state, resolve_plan
-from .runfolder import CONFIG_FILE, attach_log_file, detach_log_file, save_adapter
+from .runfolder import CONFIG_FILE, attach_log_file, detach_log_file, save_trained_weights
 from .scoring import pad_batch, positions_from_mask
 from .training import install_fused_cpu_ops
 
@@ -66,6 +66,9 @@ def pretrain(config: FrameSFTConfig, run_dir: str | Path, texts: Sequence[str | 
     if config.method != "sft":
         raise ConfigError("framesft pretrain adapts a causal LM for generative SFT (method: sft); the "
                           "classification head's adapter is of another kind, so set method: sft")
+    if not config.training.use_lora:
+        raise ConfigError("framesft pretrain trains a LoRA adapter for training.init_adapter, but training.use_lora "
+                          "is false (full fine-tuning) in this config; pretrain with training.use_lora: true")
     if epochs <= 0:
         raise ConfigError(f"--epochs must be above 0, not {epochs}")
     run_dir = Path(run_dir)
@@ -107,7 +110,7 @@ def pretrain(config: FrameSFTConfig, run_dir: str | Path, texts: Sequence[str | 
             trainer.train()
             seconds = time.perf_counter() - start
             after = held_out_perplexity(model, held_out, collate, config.training.batch_size, plan)
-            save_adapter(model, tokenizer, staging)
+            save_trained_weights(model, tokenizer, staging)
             summary = {
                 "texts": [str(f) for f in files],
                 "text_column": config.data.text_column,

@@ -9,6 +9,8 @@ interrupted process never leaves something half-written that looks complete.
     data_report.json       data check findings, which training rows were used, where validation came from
     label_distribution.json  label counts of the train / validation / test splits
     adapter/               the best LoRA adapter (safetensors) and the tokenizer
+    model/                 instead of adapter/ after full fine-tuning (training.use_lora: false): the whole
+                           fine-tuned model as a transformers folder, and the tokenizer
     checkpoints/           Trainer checkpoints (for --resume)
     train.log, trainer_state.json, run_summary.json, metrics_*.json, ..., report.html
 """
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "config.yaml"
 LABEL_MAP_FILE = "label_map.json"
 ADAPTER_DIR = "adapter"
+MODEL_DIR = "model"  # full fine-tuning
 CHECKPOINT_DIR = "checkpoints"
 LOG_FILE = "train.log"
 DATA_REPORT_FILE = "data_report.json"
@@ -86,9 +89,11 @@ def write_run_metadata(run_dir: Path, data: RunData, label_column: str) -> None:
     })
 
 
-def save_adapter(model, tokenizer, run_dir: Path) -> None:
-    """Adapter (safetensors) + tokenizer into <run>/adapter, never half-written."""
-    with atomic_directory(run_dir / ADAPTER_DIR) as staging:
+def save_trained_weights(model, tokenizer, run_dir: Path) -> None:
+    """The trained weights (safetensors) + tokenizer, never half-written: a LoRA adapter into <run>/adapter, a fully
+    fine-tuned model into <run>/model."""
+    folder = ADAPTER_DIR if hasattr(model, "peft_config") else MODEL_DIR
+    with atomic_directory(run_dir / folder) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
 
@@ -97,12 +102,22 @@ def save_adapter(model, tokenizer, run_dir: Path) -> None:
 
 
 def check_run_folder(run_dir: Path) -> None:
-    for required in (CONFIG_FILE, LABEL_MAP_FILE, ADAPTER_DIR):
+    for required in (CONFIG_FILE, LABEL_MAP_FILE):
         if not (run_dir / required).exists():
             raise RunFolderError(
                 f"{run_dir}: not a complete framesft run (missing {required}); "
                 "give the folder that `framesft train` wrote"
             )
+    trained_weights_dir(run_dir)
+
+
+def trained_weights_dir(run_dir: Path) -> Path:
+    """<run>/adapter (LoRA) or <run>/model (full fine-tuning)."""
+    for name in (ADAPTER_DIR, MODEL_DIR):
+        if (run_dir / name).is_dir():
+            return run_dir / name
+    raise RunFolderError(f"{run_dir}: not a complete framesft run (missing {ADAPTER_DIR}/, or {MODEL_DIR}/ after "
+                         "full fine-tuning); give the folder that `framesft train` wrote")
 
 
 def read_run_config(run_dir: Path) -> FrameSFTConfig:
@@ -127,11 +142,12 @@ def validate_checkpoint(checkpoint: str | Path) -> None:
         json.loads((folder / TRAINER_STATE_FILE).read_text())
     except (OSError, ValueError) as exc:
         problems.append(f"{TRAINER_STATE_FILE} unreadable ({exc})")
-    try:
-        with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as handle:
-            list(handle.keys())
-    except Exception as exc:  # noqa: BLE001 - any failure here means the file is unusable
-        problems.append(f"adapter_model.safetensors unreadable ({exc})")
+    for weights in sorted(folder.glob("*.safetensors")):  # adapter_model (LoRA) or model (full fine-tuning)
+        try:
+            with safe_open(str(weights), framework="pt") as handle:
+                list(handle.keys())
+        except Exception as exc:  # noqa: BLE001 - any failure here means the file is unusable
+            problems.append(f"{weights.name} unreadable ({exc})")
     if not (folder / "optimizer.pt").is_file():
         problems.append("optimizer.pt missing")
     if problems:

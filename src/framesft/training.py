@@ -1,4 +1,4 @@
-"""Training: fine-tune a LoRA adapter on the transformers Trainer, keep the best checkpoint by a validation
+"""Training: fine-tune a LoRA adapter (or, with training.use_lora false, the whole model) on the transformers Trainer, keep the best checkpoint by a validation
 metric, evaluate it and write the run folder.
 
 `train()` comes first and outlines a run; the functions after it follow in the order it calls them. What
@@ -41,11 +41,11 @@ from .methods import Method, build_method
 from .metrics import classification_metrics, headline
 from .cpu_fused import use_fused_norms, use_fused_rotary
 from .cpu_lora import use_fused_lora, use_sparse_dropout
-from .modeling import attach_lora, load_base_model, load_tokenizer, resolve_model_path
+from .modeling import count_parameters, load_base_model, load_tokenizer, make_trainable, resolve_model_path
 from .precision import (FUSED_LORA, FUSED_NORMS, FUSED_ROTARY, SPARSE_DROPOUT, ComputePlan, check_process_count,
                         process_state, resolve_plan)
 from .run_report import render_report
-from .runfolder import (CONFIG_FILE, SUMMARY_FILE, TRAINER_STATE_FILE, attach_log_file, checkpoint_folder, detach_log_file, prepare_run_folder, read_run_config, save_adapter, validate_checkpoint, write_run_metadata)
+from .runfolder import (CONFIG_FILE, SUMMARY_FILE, TRAINER_STATE_FILE, attach_log_file, checkpoint_folder, detach_log_file, prepare_run_folder, read_run_config, save_trained_weights, validate_checkpoint, write_run_metadata)
 from .files import write_json, write_text
 from .tracking import finish_tracking, log_final_metrics, start_tracking
 
@@ -93,9 +93,9 @@ def train(config: FrameSFTConfig, run_dir: str | Path | None = None, overwrite: 
         if main:
             write_run_metadata(run_dir, data, config.data.label_column)
 
-        # 2. model with LoRA, and the trainer
+        # 2. model with LoRA (or fully trainable), and the trainer
         def build(config: FrameSFTConfig) -> LabelTrainer:
-            model = lora_model(config, model_path, method, data.labels, plan)
+            model = trainable_model(config, model_path, method, data.labels, plan)
             return build_trainer(config, model, method, data, run_dir, state, plan, show_progress)
 
         trainer = build(config)
@@ -104,12 +104,12 @@ def train(config: FrameSFTConfig, run_dir: str | Path | None = None, overwrite: 
         preparing = False
         trainer, train_seconds, config = train_with_oom_retry(trainer, build, config, run_dir, resume)
 
-        # 4. adapter, final metrics, summary and report
+        # 4. adapter (or model), final metrics, summary and report
         result = TrainResult(run_dir, data.labels, train_seconds=train_seconds,
-                             trainable_parameters=trainer.model.get_nb_trainable_parameters()[0],
+                             trainable_parameters=count_parameters(trainer.model)[0],
                              global_step=trainer.state.global_step)
         if main:
-            save_adapter(trainer.model, tokenizer, run_dir)
+            save_trained_weights(trainer.model, tokenizer, run_dir)
             write_json(run_dir / TRAINER_STATE_FILE, dataclasses.asdict(trainer.state))
             # Without the trainer's mixed-precision wrapper: the run's final metrics are then the ones that
             # `framesft evaluate` reproduces from the saved adapter, not a bf16-autocast variant of them.
@@ -150,13 +150,15 @@ def warn_if_config_changed(run_dir: Path, config: FrameSFTConfig) -> None:
 # ------------------------------------------------------------------------------------------ model and trainer
 
 
-def lora_model(config: FrameSFTConfig, model_path: str, method: Method, labels: list[str], plan: ComputePlan):
+def trainable_model(config: FrameSFTConfig, model_path: str, method: Method, labels: list[str],
+                    plan: ComputePlan):
     base = load_base_model(config, model_path, plan, for_training=True, labels=labels,
                            pad_token_id=method.tokenizer.pad_token_id)
-    model = attach_lora(base, config)
+    model = make_trainable(base, config)
     install_fused_cpu_ops(model, plan)
-    trainable, total = model.get_nb_trainable_parameters()
-    log.info("LoRA: %s trainable of %s parameters (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    trainable, total = count_parameters(model)
+    log.info("%s: %s trainable of %s parameters (%.2f%%)", "LoRA" if config.training.use_lora else "full fine-tuning",
+             f"{trainable:,}", f"{total:,}", 100 * trainable / total)
     return model
 
 
@@ -248,6 +250,14 @@ class LabelTrainer(Trainer):
         self.method = method
         self.validate = validate
 
+    def _issue_warnings_after_load(self, load_result) -> None:
+        # Reloading the best checkpoint of a fully fine-tuned model with tied weights (Gemma, SmolLM2): the LM head
+        # is saved once, under the embedding's name, so its own key counts as missing although the shared tensor
+        # was loaded. Only real gaps are worth a warning.
+        tied = tied_parameter_aliases(self.model)
+        super()._issue_warnings_after_load(
+            load_result._replace(missing_keys=[k for k in load_result.missing_keys if k not in tied]))
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss = self.method.loss(model, inputs)
         return (loss, None) if return_outputs else loss
@@ -261,6 +271,12 @@ class LabelTrainer(Trainer):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+
+def tied_parameter_aliases(model) -> set[str]:
+    """Names under which a parameter appears a second time (an LM head tied to the token embeddings)."""
+    return ({name for name, _ in model.named_parameters(remove_duplicate=False)}
+            - {name for name, _ in model.named_parameters()})
 
 
 class ShardedValidation:
