@@ -89,6 +89,10 @@ RECIPES = {
     "originals-2ep-lr1e-4": Recipe("originals-2ep with learning rate 1e-4 (shipped: 2e-4)",
                                    ["training.num_epochs=2", "training.learning_rate=1e-4"],
                                    training_rows="originals"),
+    "originals-full-1ep": Recipe("one row per near-duplicate group, full fine-tuning (every weight but the token "
+                                 "embeddings, training.use_lora false), lr 5e-5, 1 epoch",
+                                 ["training.use_lora=false", "training.learning_rate=5e-5", "training.num_epochs=1"],
+                                 training_rows="originals"),
     "tapt": Recipe("task-adaptive pretraining: one causal-LM epoch over the 1,547 original training passages "
                    "(labels unread), then the default SFT from that adapter", pretrain_epochs=1),
 }

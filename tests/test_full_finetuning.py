@@ -102,3 +102,17 @@ def test_a_run_folder_without_adapter_or_model_is_refused_with_both_names(tmp_pa
         check_run_folder(tmp_path)
     (tmp_path / "model").mkdir()
     check_run_folder(tmp_path)
+
+
+@pytest.mark.slow
+def test_classification_head_fully_fine_tuned_saves_and_reloads_its_head(tiny_model_dir, tmp_path):
+    from test_training import assert_saved_adapter_reproduces_written_predictions
+
+    from framesft.training import train
+
+    config = tiny_config(tiny_model_dir, tmp_path / "head", use_lora=False, num_epochs=1)
+    config.method = "classification"
+    result = train(config, show_progress=False)
+    tuned = load_file(str(result.run_dir / "model" / "model.safetensors"))
+    assert tuned["score.weight"].shape[0] == len(result.labels)  # the new head, trained and saved with the model
+    assert_saved_adapter_reproduces_written_predictions(result.run_dir)
