@@ -1,4 +1,4 @@
-"""Base models and tokenizers, LoRA adapters.
+"""Base models and tokenizers, LoRA adapters or full fine-tuning.
 
 The same code path takes the embedded CPU default and Mistral-7B on a GPU: the compute plan (precision.py)
 decides the device and the dtype, the config 4-bit quantization (QLoRA) and gradient checkpointing; the method

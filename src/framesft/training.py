@@ -1,5 +1,5 @@
-"""Training: fine-tune a LoRA adapter (or, with training.use_lora false, the whole model) on the transformers Trainer, keep the best checkpoint by a validation
-metric, evaluate it and write the run folder.
+"""Training: fine-tune a LoRA adapter (or, with training.use_lora false, the whole model) on the transformers
+Trainer, keep the best checkpoint by a validation metric, evaluate it and write the run folder.
 
 `train()` comes first and outlines a run; the functions after it follow in the order it calls them. What
 differs between generative SFT and the classification head (encoding, collator, loss, scorer) comes from the
