@@ -29,7 +29,7 @@ test: install chromium tex
 	# the training tests again as an AMX CPU's compute plan runs them (bf16 weights under autocast): the suite
 	# must not depend on which kind of CPU it runs on (pytest --cpu-kind; see tests/conftest.py)
 	$(BIN)/python -m pytest --cpu-kind amx tests/test_training.py tests/test_cpu_fused.py tests/test_cpu_speed.py \
-	  tests/test_interruption.py
+	  tests/test_interruption.py tests/test_full_finetuning.py
 
 # Headless Chromium renders report.html in a test; best effort (the test skips, saying why, if it cannot be had)
 chromium:
