@@ -1,15 +1,15 @@
 """What full fine-tuning (training.use_lora: false) costs against LoRA on the shipped Gemma recipe: a short screen
 of each, in the same run, before any full-budget accuracy run is spent on it.
 
-    .venv/bin/python benchmarks/full_finetuning_cost.py --steps 8
+    .venv/bin/python benchmarks/full_finetuning_cost.py --steps 4
 
 configs/gemma3-brexit.yaml (real training passages, batch 8) trains --steps optimizer steps three times, each in
 its own process through `framesft train`: LoRA, full fine-tuning, LoRA again (this VM's speed drifts over minutes,
 so full fine-tuning is compared with the mean of the LoRA runs around it). No evaluation falls inside the steps
-(training.eval_steps above them), so a run's train_seconds are its steps alone; only the validation split is scored
-afterwards (data.test_csv: null). The matmul roof is measured at the start and the end. Reports seconds per step,
+(training.eval_steps above them), so a run's train_seconds are its steps alone; afterwards only a 1% validation
+split is scored (data.validation_fraction 0.01, data.test_csv null), to keep the screen short. The matmul roof is measured at the start and the end. Reports seconds per step,
 the full-to-LoRA ratio, trainable parameters, each process's peak RSS, and the projected minutes of the
-accuracy recipe `originals-full` (one or two epochs of 184 steps). Writes
+accuracy recipe `originals-full-1ep` (and of two epochs; 184 steps each). Writes
 benchmarks/results/full_finetuning_cost.json (--output to change).
 """
 
@@ -48,7 +48,7 @@ def child_peak_rss_mb(command: list[str]) -> float:
 def run_steps(overrides: list[str], steps: int, run_dir: Path) -> dict:
     command = [sys.executable, "-m", "framesft.cli", "--quiet", "train", str(CONFIG), "--run-dir", str(run_dir),
                "--overwrite", "--set", f"training.max_steps={steps}", f"training.eval_steps={steps + 1000}",
-               "data.test_csv=null", "training.early_stopping_patience=null", *overrides]
+               "data.test_csv=null", "data.validation_fraction=0.01", "training.early_stopping_patience=null", *overrides]
     start = time.perf_counter()
     peak_mb = child_peak_rss_mb(command)
     summary = json.loads((run_dir / "run_summary.json").read_text())
@@ -61,7 +61,7 @@ def run_steps(overrides: list[str], steps: int, run_dir: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=8, help="optimizer steps per run")
+    parser.add_argument("--steps", type=int, default=4, help="optimizer steps per run")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
 
