@@ -7,10 +7,10 @@ configs/gemma3-brexit.yaml (real training passages, batch 8) trains --steps opti
 its own process through `framesft train`: LoRA, full fine-tuning, LoRA again (this VM's speed drifts over minutes,
 so full fine-tuning is compared with the mean of the LoRA runs around it). No evaluation falls inside the steps
 (training.eval_steps above them), so a run's train_seconds are its steps alone; afterwards only a 1% validation
-split is scored (data.validation_fraction 0.01, data.test_csv null), to keep the screen short. The matmul roof is measured at the start and the end. Reports seconds per step,
-the full-to-LoRA ratio, trainable parameters, each process's peak RSS, and the projected minutes of the
-accuracy recipe `originals-full-1ep` (and of two epochs; 184 steps each). Writes
-benchmarks/results/full_finetuning_cost.json (--output to change).
+split is scored (data.validation_fraction 0.01, data.test_csv null), to keep the screen short. The matmul roof is
+measured at the start and the end. Reports seconds per step, the full-to-LoRA ratio, trainable parameters, each
+process's peak RSS, and the projected minutes of the accuracy recipe `originals-full-1ep` (and of two epochs; 184
+steps each). Writes benchmarks/results/full_finetuning_cost.json (--output to change).
 """
 
 from __future__ import annotations
