@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from framesft.metrics import classification_metrics
+from framesft.precision import cpu_prefers_bf16
 from framesft.reliability import agreement
 from framesft.statistics import bootstrap_intervals, paired_comparison, resample_indices, resampled_metrics
 
@@ -62,6 +63,10 @@ class Recipe:
     overrides: list[str] = field(default_factory=list)
     training_rows: str = "all"  # "all": train_data.csv as it is; "originals": one row per near-duplicate group
     pretrain_epochs: float = 0  # > 0: `framesft pretrain` over the originals' passages first, SFT starts from it
+    # True: the recipe is about the compute plan that holds the frozen weights in bf16 (precision.cpu_prefers_bf16:
+    # a CPU whose bf16 matmul measures faster than fp32, AMX or Zen 5); refused on other CPUs, where it would
+    # silently train in fp32 and repeat another recipe
+    needs_bf16_training: bool = False
 
 
 RECIPES = {
@@ -93,6 +98,10 @@ RECIPES = {
                                  "embeddings, training.use_lora false), lr 5e-5, 1 epoch",
                                  ["training.use_lora=false", "training.learning_rate=5e-5", "training.num_epochs=1"],
                                  training_rows="originals"),
+    "originals-2ep-bf16": Recipe("originals-2ep (the shipped recipe) as the compute plan trains it on a CPU whose bf16 "
+                                 "matmul is faster than fp32: frozen weights in bf16 under bf16 autocast, LoRA "
+                                 "weights fp32, scoring fp32 (bf16 margin cascade); issue 20 part 3",
+                                 ["training.num_epochs=2"], training_rows="originals", needs_bf16_training=True),
     "tapt": Recipe("task-adaptive pretraining: one causal-LM epoch over the 1,547 original training passages "
                    "(labels unread), then the default SFT from that adapter", pretrain_epochs=1),
 }
@@ -118,7 +127,7 @@ def training_file(rows: str) -> Path:
 
 def cpu_facts() -> dict:
     """Which kind of CPU a result came from: figures from AMX and non-AMX machines are never mixed up."""
-    from framesft.precision import measure_matmul_gflops
+    from framesft.precision import cpu_supports_bf16, measure_matmul_gflops
 
     import torch
 
@@ -127,7 +136,10 @@ def cpu_facts() -> dict:
                  platform.processor())
     return {"model": model, "cores": os.cpu_count(), "amx_bf16": "amx_bf16" in flags,
             "avx512_bf16": "avx512_bf16" in flags,
-            "fp32_matmul_gflops": round(max(measure_matmul_gflops(torch.float32) for _ in range(3)), 1)}
+            "fp32_matmul_gflops": round(max(measure_matmul_gflops(torch.float32) for _ in range(3)), 1),
+            # measured only where bf16 is native: emulated, it takes seconds and says nothing
+            "bf16_matmul_gflops": (round(max(measure_matmul_gflops(torch.bfloat16) for _ in range(3)), 1)
+                                   if cpu_supports_bf16() else None)}
 
 
 def run_folder(recipe: str, seed: int, budget: str) -> Path:
@@ -217,6 +229,7 @@ def dev_entry(name: str, recipe: Recipe, seed: int, budget: str, run_dir: Path, 
         "wall_minutes": None if wall_minutes is None else round(wall_minutes, 1),
         "global_step": summary["global_step"],
         "cpu": cpu,
+        "compute_plan": summary.get("compute_plan", {}).get("line"),
         "command": " && ".join(shlex.join(str(c) for c in step) for step in commands).replace(str(REPO) + "/", ""),
         "run_dir": str(run_dir.relative_to(REPO)) if run_dir.is_relative_to(REPO) else str(run_dir),
         "date": time.strftime("%Y-%m-%d"),
@@ -386,6 +399,10 @@ def main() -> None:
     if not SHARED.is_dir():
         parser.error(f"{SHARED} is missing: the campaign reads ../shared/data/brexit beside the repository")
 
+    refused = [r for r in args.recipes if RECIPES[r].needs_bf16_training and not cpu_prefers_bf16()]
+    if refused:
+        parser.error(f"{refused}: needs a CPU whose bf16 matmul measures faster than fp32 (the compute plan would "
+                     "train in fp32 here and repeat another recipe)")
     cpu = cpu_facts()
     budget = budget_name(args.max_steps)
     for name in args.recipes:

@@ -200,9 +200,10 @@ def test_corpus_prediction_through_the_cascade_has_the_fp32_labels(trained_run, 
     assert "bf16_cascade" not in read_provenance(tmp_path / "fp32.csv")
 
 
-def test_a_resumed_cascade_prediction_accounts_for_every_row(trained_run, tmp_path, monkeypatch):
-    """An attempt interrupted after two chunks, then resumed: the provenance counts the rows of both attempts
-    (each probed 32 passages of its first chunk), not only those of the last."""
+def test_a_resumed_cascade_prediction_equals_an_uninterrupted_one(trained_run, tmp_path, monkeypatch):
+    """An attempt interrupted after two chunks, then resumed: the resumed attempt keeps the bound the first one
+    measured (which passages are rescored in fp32 depends on it), so the output equals an uninterrupted
+    prediction's, scores included, and the provenance counts the rows of both attempts."""
     from conftest import simulate_cpu
     import framesft.corpus as corpus_module
     from framesft.runfolder import read_provenance
@@ -211,6 +212,8 @@ def test_a_resumed_cascade_prediction_accounts_for_every_row(trained_run, tmp_pa
     corpus = tmp_path / "corpus.csv"
     pd.DataFrame({"chunk_text": [f"{texts[i % len(texts)]} ({i})" for i in range(160)]}).to_csv(corpus, index=False)
     simulate_cpu(monkeypatch, "amx")  # the plan scores through the cascade
+    uninterrupted = tmp_path / "uninterrupted.csv"
+    corpus_module.predict_corpus(trained_run.run_dir, corpus, uninterrupted, chunk_rows=40, show_progress=False)
     write_part = corpus_module.write_part
 
     def write_two_parts_then_stop(parts, index, table):
@@ -224,8 +227,16 @@ def test_a_resumed_cascade_prediction_accounts_for_every_row(trained_run, tmp_pa
         corpus_module.predict_corpus(trained_run.run_dir, corpus, out, chunk_rows=40, show_progress=False)
     assert len(list((tmp_path / "labels.csv.parts").glob("part-*.parquet"))) == 2
     monkeypatch.setattr(corpus_module, "write_part", write_part)
+    # the resumed attempt's first chunk would probe passages the uninterrupted run scored in bf16 alone
+    measured = []
+    score_prompts = corpus_module.MarginCascade.score_prompts
+    monkeypatch.setattr(corpus_module.MarginCascade, "score_prompts",
+                        lambda self, prompts, *a: measured.append(self.tally.bound) or score_prompts(self, prompts, *a))
     assert corpus_module.predict_corpus(trained_run.run_dir, corpus, out, chunk_rows=40, show_progress=False) == 160
     tally = read_provenance(out)["bf16_cascade"]
-    assert tally["probe_passages"] == 64  # 32 in each attempt
+    assert measured and measured[0] == tally["bound"] > 0  # the bound was in force before the first chunk
+    assert tally["probe_passages"] == 32  # probed once, by the first attempt
     assert tally["probe_passages"] + tally["fast_passages"] + tally["fp32_only"] == 160
     assert 0 <= tally["rescored"] <= tally["fast_passages"]
+    resumed, reference = (pd.read_csv(path, keep_default_na=False) for path in (out, uninterrupted))
+    pd.testing.assert_frame_equal(resumed, reference)
