@@ -17,7 +17,9 @@ with:
   its interval;
 - the paired bootstrap difference in F1 macro and McNemar's test against `default` at the same seed and budget,
   and against the shipped recipe `originals-2ep` (when those entries exist), as `framesft compare` computes them;
-- training minutes, the CPU it ran on (model name, AMX/AVX512-BF16 flags, matmul roof), the command;
+  a run trained over bf16 weights (the compute plan on CPUs where bf16 is fast) also against `originals-2ep-bf16`;
+- training minutes, the CPU it ran on (model name, AMX/AVX512-BF16 flags, matmul roofs), the compute plan line,
+  the command;
 - the dev labels and calibrated probabilities, so that seeds can be pooled and ensembles scored from the JSON.
 Every recipe tried is kept, helpful or not: entries are appended, never replaced.
 
@@ -52,6 +54,7 @@ CONFIG = REPO / "configs" / "gemma3-brexit.yaml"
 # configs/gemma3-brexit.yaml -> the config it was when the campaign began, and every recipe's starting point
 BASELINE = ["data.drop_near_duplicates=false", "training.num_epochs=1"]
 SHIPPED = "originals-2ep"  # the recipe configs/gemma3-brexit.yaml is today: new entries are compared with it too
+SHIPPED_BF16 = "originals-2ep-bf16"  # the same, trained over bf16 weights: entries trained so are compared with it
 WORK = REPO / "benchmarks" / "work" / "accuracy"
 RESULTS = REPO / "benchmarks" / "results" / "accuracy_experiments.json"
 DEFAULT_SEEDS = (42, 43)  # 42 is the shipped config's seed
@@ -94,6 +97,8 @@ RECIPES = {
     "originals-2ep-lr1e-4": Recipe("originals-2ep with learning rate 1e-4 (shipped: 2e-4)",
                                    ["training.num_epochs=2", "training.learning_rate=1e-4"],
                                    training_rows="originals"),
+    "originals-3ep": Recipe("one row per near-duplicate group, 3 epochs (1.5x the shipped recipe's cost)",
+                            ["training.num_epochs=3"], training_rows="originals"),
     "originals-full-1ep": Recipe("one row per near-duplicate group, full fine-tuning (every weight but the token "
                                  "embeddings, training.use_lora false), lr 5e-5, 1 epoch",
                                  ["training.use_lora=false", "training.learning_rate=5e-5", "training.num_epochs=1"],
@@ -335,6 +340,12 @@ def save_entries(entries: list[dict], pooled: list[dict] | None = None) -> None:
     tmp.replace(RESULTS)
 
 
+def trained_over_bf16(entry: dict) -> bool:
+    """Whether the run trained over frozen bf16 weights (the compute plan where bf16 measures faster); entries
+    without a recorded plan ran on CPUs where it trains in fp32."""
+    return "training weights bfloat16" in (entry.get("compute_plan") or "")
+
+
 def paired_cell(result: dict) -> str:
     low, high = result["ci95"]
     return f"{result['f1_macro_difference']:+.3f} ({low:+.3f}, {high:+.3f}), p={result['mcnemar_p']:.2f}"
@@ -349,9 +360,13 @@ def summary_table(entries: list[dict]) -> str:
             shipped = e.get("paired_with_shipped") or paired_with(e, entries, SHIPPED)
             if shipped and not e["recipe"].startswith("ensemble:"):
                 versus += f"; vs {SHIPPED}: " + paired_cell(shipped)
+            if e.get("paired_with_shipped_bf16"):
+                versus += f"; vs {SHIPPED_BF16}: " + paired_cell(e["paired_with_shipped_bf16"])
         else:
             versus = "; ".join(f"vs {k}: {paired_cell(v)}" for k, v in e.get("paired_with_members", {}).items())
         kind = "AMX" if e["cpu"]["amx_bf16"] else ("AVX512-BF16" if e["cpu"]["avx512_bf16"] else "no AVX512-BF16")
+        if trained_over_bf16(e):
+            kind += ", bf16 weights"
         rows.append(f"| {e['recipe']} | {e['budget']} | {e['seed']} | {e['dev_f1_macro']:.3f} "
                     f"({e['dev_f1_macro_ci95'][0]:.2f}-{e['dev_f1_macro_ci95'][1]:.2f}) | {e['alpha']:.3f} "
                     f"({e['alpha_ci95'][0]:.2f}-{e['alpha_ci95'][1]:.2f}) | {versus} | {e['train_minutes']} | {kind} |")
@@ -422,6 +437,8 @@ def main() -> None:
             entry = dev_entry(name, recipe, seed, budget, run_dir, steps, wall, cpu)
             entry["paired_with_default"] = paired_with(entry, entries, "default")
             entry["paired_with_shipped"] = paired_with(entry, entries, SHIPPED)
+            if trained_over_bf16(entry):  # and with the shipped recipe trained the same way, where it was
+                entry["paired_with_shipped_bf16"] = paired_with(entry, entries, SHIPPED_BF16)
             entries.append(entry)
             save_entries(entries)
             print(summary_table([entry]).splitlines()[-1], flush=True)
