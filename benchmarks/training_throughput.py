@@ -8,10 +8,10 @@ projections, the same real training chunks (train_data.csv), the same prompt and
 lr 2e-4, the same number of optimizer steps:
 - before:    framesft's trainer as it ran before issue 13: fp32 weights under bf16 autocast where the CPU has
              native bf16 (every frozen weight re-cast at every step), PEFT's stock dropout
-- after:     framesft's trainer now (training.lora_model, precision.resolve_plan): base weights in bf16
-             only where a matmul probe finds bf16 faster than fp32 (else fp32, no autocast), dropout that draws
-             only the dropped positions, the fused LoRA layer (cpu_lora.py), fused RMSNorm and rotary
-             embedding (cpu_fused.py)
+- after:     framesft's trainer now (training.trainable_model, precision.resolve_plan): base weights in bf16
+             under autocast only where a matmul probe finds bf16 faster than fp32 (else fp32, no autocast),
+             dropout that draws only the dropped positions, the fused LoRA layer (cpu_lora.py; in bf16 too),
+             fused RMSNorm and rotary embedding (cpu_fused.py; fp32 only)
 - bf16_base: the bf16 path forced (model.dtype: bfloat16, autocast, LoRA fp32): what `auto` picks on AMX CPUs
 - trl:       SFTTrainer with its default collation (right padding, random batches), full LM head, fp32,
              loss on the completion tokens only
@@ -27,8 +27,10 @@ before and after): its time includes the first steps' allocator growth, and its 
 
 Steady state, interleaved: this VM's speed drifts by 20-30% over minutes, so runs one after another compare
 badly. One more process holds before, after, after_unfused (after with PEFT's own LoRA forward: what the fused
-layer adds), after_stock_norms (after with transformers' RMSNorm and rotary embedding: what cpu_fused.py adds)
-and checkpointing_every_2 and runs one optimizer step of each in turn on the same batch, 2 warm-up rounds then
+layer adds), after_stock_norms (after with transformers' RMSNorm and rotary embedding: what cpu_fused.py adds),
+checkpointing_every_2 and fp32_fused (model.dtype float32: the fp32 path with every fused operation, what the
+plan picks where bf16 is not faster; where it is, `after` over fp32_fused is what choosing bf16 buys) and runs
+one optimizer step of each in turn on the same batch, 2 warm-up rounds then
 --rounds counted ones; it reports each method's real tokens/s and the per-round ratios to before.
 
 The roof (fp32 and bf16 matmul GFLOP/s) is measured at the start and the end; the ceiling is roof / (4N)
@@ -58,7 +60,7 @@ LABELS = ["Conflict", "Moral Value", "Economic", "Powerlessness", "Human Impact"
 
 MODELS = ["embedded:smollm2-135m-instruct", "embedded:gemma3-270m"]
 METHODS = ["before", "after", "bf16_base", "trl", "checkpointing", "checkpointing_every_2", "malloc_mmap_8mb"]
-INTERLEAVED = ["before", "after", "after_unfused", "after_stock_norms", "checkpointing_every_2"]
+INTERLEAVED = ["before", "after", "after_unfused", "after_stock_norms", "checkpointing_every_2", "fp32_fused"]
 # framesft training settings and the environment of each method's process, where they differ from `after`
 TRAINING = {"checkpointing": {"gradient_checkpointing": True},
             "checkpointing_every_2": {"gradient_checkpointing": True, "checkpoint_every_n_layers": 2}}
@@ -109,9 +111,9 @@ def framesft_setup(method: str, n: int, base_model: str):
     from framesft.methods import build_method
     from framesft.modeling import attach_lora, load_base_model, resolve_model_path
     from framesft.precision import cpu_supports_bf16, resolve_plan
-    from framesft.training import lora_model
+    from framesft.training import trainable_model
 
-    dtype = {"before": "float32", "bf16_base": "bfloat16"}.get(method, "auto")
+    dtype = {"before": "float32", "bf16_base": "bfloat16", "fp32_fused": "float32"}.get(method, "auto")
     config, tokenizer, examples = encoded_examples(n, base_model, dtype, TRAINING.get(method))
     cpu = torch.device("cpu")
     method_ = build_method(config, tokenizer, LABELS)
@@ -120,7 +122,8 @@ def framesft_setup(method: str, n: int, base_model: str):
         model = attach_lora(load_base_model(config, resolve_model_path(base_model), plan, for_training=True), config)
         bf16 = cpu_supports_bf16()
     else:
-        model = lora_model(config, resolve_model_path(base_model), method_, LABELS, resolve_plan(config, cpu))
+        model = trainable_model(config, resolve_model_path(base_model), method_, LABELS,
+                                resolve_plan(config, cpu))
         if method == "after_unfused":  # PEFT's LoRA forward with the new dropout mask: the fused layer's share
             from peft.tuners.lora.layer import Linear as LoraLinear
 
@@ -297,6 +300,26 @@ def run_method(method: str, base_model: str, args) -> dict:
     return json.loads(lines[-1][len("RESULT "):])
 
 
+def cpu_description() -> dict:
+    from dataclasses import asdict
+
+    from framesft.precision import cpu_facts
+
+    facts = cpu_facts(measured=False)
+    return {**asdict(facts), "kind": facts.kind}
+
+
+def plan_line() -> str:
+    """The compute plan `after` trains under (the shipped Gemma config's settings) on this CPU."""
+    import torch
+
+    from framesft.config import FrameSFTConfig
+    from framesft.precision import resolve_plan
+
+    config = FrameSFTConfig.model_validate({"training": {"bf16": True}})
+    return resolve_plan(config, torch.device("cpu")).line()
+
+
 def model_parameters(base_model: str) -> int:
     import torch
 
@@ -360,6 +383,9 @@ def main() -> None:
                                                                     / steady_speed["before"], 2),
                 "steady_state_checkpointing_every_2_over_before": round(steady_speed["checkpointing_every_2"]
                                                                         / steady_speed["before"], 2),
+                "steady_state_after_over_fp32_fused": round(steady_speed["after"] / steady_speed["fp32_fused"], 2),
+                "steady_state_after_over_after_unfused": round(steady_speed["after"] / steady_speed["after_unfused"],
+                                                               2),
                 "after_over_before_real_tokens_per_second": round(speed("after") / speed("before"), 2),
                 **({"after_over_trl_real_tokens_per_second": round(speed("after") / speed("trl"), 2)}
                    if "trl" in results else {}),
@@ -387,6 +413,8 @@ def main() -> None:
         "batch_size": 8,
         "optimizer_steps": args.steps,
         "cores": os.cpu_count(),
+        "cpu": cpu_description(),
+        "compute_plan": plan_line(),
         "roof_at_start": roof_at_start,
         "roof_at_end": roof_at_end,
         "models": models,

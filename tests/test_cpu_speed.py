@@ -105,7 +105,7 @@ ALL_FUSED = ("sparse_dropout", "fused_lora", "fused_norms", "fused_rotary")
 
 
 @pytest.mark.parametrize("kind, training_weights, autocast, fused", [
-    ("amx", "bfloat16", "bf16", ("sparse_dropout",)),  # bf16 3.8x fp32: bf16 weights, autocast
+    ("amx", "bfloat16", "bf16", ("sparse_dropout", "fused_lora")),  # bf16 3.8x fp32: bf16 weights, autocast
     ("avx512_bf16", "float32", None, ALL_FUSED),      # bf16 half of fp32: fp32 and the fused operations
     ("avx2", "float32", None, ALL_FUSED),             # no native bf16: never bf16
 ])
@@ -133,14 +133,18 @@ def test_compute_plan_follows_the_measured_cpu(monkeypatch, tiny_model_dir, tmp_
     plan = resolve_plan(config, cpu)
     assert (plan.training_weights, plan.scoring_weights, plan.fused_cpu_ops) == ("float32", "float32", ALL_FUSED)
     config.model.dtype = "bfloat16"
+    config.training.bf16 = True
     plan = resolve_plan(config, cpu)
     assert (plan.training_weights, plan.scoring_weights, plan.fused_cpu_ops) == ("bfloat16", "bfloat16",
-                                                                                 ("sparse_dropout",))
+                                                                                 ("sparse_dropout", "fused_lora"))
     assert ("emulated" in plan.reason) == (kind == "avx2")
+    config.training.bf16 = False  # bf16 weights without autocast: x and the fp32 LoRA weights differ, no fusing
+    assert resolve_plan(config, cpu).fused_cpu_ops == ("sparse_dropout",)
 
 
 def test_the_plan_installs_exactly_its_fused_operations(monkeypatch, tiny_model_dir, tmp_path):
-    """What the plan names is what training installs: all four on fp32 weights, the dropout alone on bf16."""
+    """What the plan names is what training installs: all four on fp32 weights, the dropout and the LoRA layer
+    on bf16 under autocast."""
     from conftest import simulate_cpu, tiny_config
     from framesft.methods import build_method
     from framesft.modeling import load_tokenizer
@@ -155,7 +159,7 @@ def test_the_plan_installs_exactly_its_fused_operations(monkeypatch, tiny_model_
         norms = [m for m in model.modules() if "fused_norm_offset" in m.__dict__]
         lora_forwards = [m for m in model.modules() if "lora_A" in m.__dict__.get("_modules", {})
                          and "forward" in m.__dict__]
-        assert bool(norms) == bool(lora_forwards) == fused_norms, kind
+        assert bool(norms) == fused_norms and lora_forwards, kind
         assert any(isinstance(m, SparseDropout) for m in model.modules()), kind
         frozen = {p.dtype for n, p in model.named_parameters() if not p.requires_grad and "norm" not in n}
         assert frozen == {torch.float32 if fused_norms else torch.bfloat16}, kind
@@ -290,6 +294,40 @@ def test_fused_lora_layer_computes_what_peft_computes(p, bias):
         assert not torch.allclose(forward_and_gradients(model, x, seed=6)[0], fused)
 
 
+@pytest.mark.parametrize("p", [0.0, 0.3])
+def test_fused_lora_under_bf16_autocast_computes_what_peft_computes(p):
+    """The plan where bf16 is fast: frozen weights in bf16, LoRA weights fp32, bf16 autocast. The fused layer's
+    output and gradients are PEFT's under the same autocast to bf16 rounding (no further from fp32 arithmetic
+    than PEFT's), and the LoRA weights get fp32 gradients."""
+    from framesft.cpu_lora import use_fused_lora
+
+    x = torch.randn(3, 7, 24, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    model, layer = lora_layer(p, False)
+    exact_model, _ = lora_layer(p, False)  # the same weights (seeded), all fp32, no autocast: the reference
+    exact, exact_grads = forward_and_gradients(exact_model, x.float(), seed=5)
+    layer.base_layer.to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected, expected_grads = forward_and_gradients(model, x, seed=5)
+        model.zero_grad()
+        assert use_fused_lora(model) == 1
+        assert type(model(x).grad_fn).__name__ == "_FusedLoraLinearBackward"
+        model.zero_grad()
+        fused, fused_grads = forward_and_gradients(model, x, seed=5)
+    assert fused.dtype == expected.dtype == torch.bfloat16
+    assert fused_grads.keys() == expected_grads.keys()
+    assert {fused_grads[n].dtype for n in fused_grads if "lora" in n} == {torch.float32}
+    for name, value, reference in [("output", fused, expected), *((n, fused_grads[n], g)
+                                                                   for n, g in expected_grads.items())]:
+        exact_value = exact if name == "output" else exact_grads[name]
+        assert reference.abs().sum() > 0, name
+        scale = exact_value.float().abs().max()
+        fused_error = (value.float() - exact_value.float()).abs().max() / scale
+        peft_error = (reference.float() - exact_value.float()).abs().max() / scale
+        assert fused_error < 0.02, name  # bf16 keeps 8 bits: relative rounding about 0.004 per operation
+        assert fused_error <= 2 * peft_error + 0.005, name
+        torch.testing.assert_close(value.float(), reference.float(), rtol=0.03, atol=0.03 * float(scale), msg=name)
+
+
 def test_fused_lora_runs_only_in_training_and_leaves_the_rest_to_peft():
     from framesft.cpu_lora import use_fused_lora
 
@@ -302,7 +340,7 @@ def test_fused_lora_runs_only_in_training_and_leaves_the_rest_to_peft():
         expected = layer.base_layer(x) + layer.lora_B["default"](layer.lora_A["default"](x)) * 2.0
     torch.testing.assert_close(model(x), expected)
     model.train()
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision: PEFT's forward
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast over fp32 frozen weights: PEFT's forward
         assert type(model(x).grad_fn).__name__ != "_FusedLoraLinearBackward"
     model.merge_adapter()  # merged weights: PEFT's forward
     assert type(model(x).grad_fn).__name__ != "_FusedLoraLinearBackward"

@@ -161,20 +161,35 @@ class _FusedLoraLinear(torch.autograd.Function):
 
 
 def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-    """PEFT lora.Linear.forward, fused where it is plain LoRA training in one dtype; PEFT's own forward else."""
+    """PEFT lora.Linear.forward, fused where it is plain LoRA training (in one dtype, or under autocast over
+    frozen weights already in the autocast dtype); PEFT's own forward else."""
     adapters = self.active_adapters
     if (not self.training or args or kwargs or self.merged or self.disable_adapters or len(adapters) != 1
-            or adapters[0] not in self.lora_A or adapters[0] in self.lora_variant
-            or torch.is_autocast_enabled(x.device.type)):
+            or adapters[0] not in self.lora_A or adapters[0] in self.lora_variant):
         return type(self).forward(self, x, *args, **kwargs)
     name = adapters[0]
     base, lora_a, lora_b = self.base_layer, self.lora_A[name].weight, self.lora_B[name].weight
     trains_a_bias = self.lora_B[name].bias is not None or (base.bias is not None and base.bias.requires_grad)
-    if base.weight.requires_grad or trains_a_bias or x.dtype != base.weight.dtype or lora_a.dtype != x.dtype:
+    if base.weight.requires_grad or trains_a_bias:
         return type(self).forward(self, x, *args, **kwargs)
     dropout = self.lora_dropout[name]
     p = dropout.p if isinstance(dropout, (nn.Dropout, SparseDropout)) else 0.0
-    return _FusedLoraLinear.apply(x, base.weight, base.bias, lora_a, lora_b, float(self.scaling[name]), p)
+    scaling = float(self.scaling[name])
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        # Mixed precision over half-precision frozen weights (the compute plan on CPUs where bf16 is fast): the
+        # whole layer in the autocast dtype, as autocast would run each matmul, and the LoRA weights (fp32, they
+        # train) cast to it here, so their gradients come back through the casts in fp32. PEFT's own forward
+        # would instead copy x to fp32 for the adapter and autocast would copy it back.
+        dtype = torch.get_autocast_dtype(device)
+        if base.weight.dtype != dtype:
+            return type(self).forward(self, x, *args, **kwargs)
+        with torch.autocast(device, enabled=False):
+            return _FusedLoraLinear.apply(x.to(dtype), base.weight, base.bias, lora_a.to(dtype), lora_b.to(dtype),
+                                          scaling, p)
+    if x.dtype != base.weight.dtype or lora_a.dtype != x.dtype:
+        return type(self).forward(self, x, *args, **kwargs)
+    return _FusedLoraLinear.apply(x, base.weight, base.bias, lora_a, lora_b, scaling, p)
 
 
 def use_fused_lora(model) -> int:
