@@ -1,16 +1,18 @@
 """`framesft predict` end to end with the shared prompt prefix computed once, against the same run without it
-(the scorer before issue 20), on the same real passages, in the same session.
+and against the scorer before issue 20 (whole prompts, fp32 alone), on the same real passages, in one session.
 
     .venv/bin/python benchmarks/predict_prefix.py --run benchmarks/work/accuracy/full/default-s42 --rows 300
 
-Two copies of the run's folder (adapter, config, labels, calibration) differ in one key,
-`evaluation.reuse_prompt_prefix` (true: the prompt's shared instructions and label list are run once per scoring
-call and every batch continues from their keys and values; false: every prompt whole). Each copy labels the same
-corpus (the first --rows passages of dev_data.csv, cycled with unique ids past its 150) with `framesft predict` in
-a new process, as a user runs it: start-up, model loading, reading, scoring and writing all in the wall time. The
-two are interleaved over --rounds rounds, so a machine that slows down in between slows both; the figure is the
-ratio of the medians. Predicted labels must agree. Records the CPU (model, flags, matmul roofs measured in the
-same session) and appends to benchmarks/results/predict_prefix.json.
+Three copies of the run's folder (adapter, config, labels, calibration) differ in their evaluation keys (VARIANTS):
+fp32_whole_prompts (`reuse_prompt_prefix: false`, `bf16_cascade: false`: the scorer before issue 20),
+whole_prompts (`reuse_prompt_prefix: false`, the bf16 cascade as the compute plan decides: on where bf16 measures
+faster) and shared_prefix (today's default: the prompt's shared instructions and label list run once per scoring
+call and every batch continues from their keys and values, the cascade as the plan decides). Each copy labels the
+same corpus (the first --rows passages of dev_data.csv, cycled with unique ids past its 150) with `framesft
+predict` in a new process, as a user runs it: start-up, model loading, reading, scoring and writing all in the
+wall time. They are interleaved over --rounds rounds, so a machine that slows down in between slows all; the
+figures are ratios of the medians. Labels are compared with fp32_whole_prompts'. Records the CPU (model, flags,
+matmul roofs measured in the same session) and appends to benchmarks/results/predict_prefix.json.
 """
 
 from __future__ import annotations
@@ -33,13 +35,21 @@ RESULTS = REPO / "benchmarks" / "results" / "predict_prefix.json"
 RUN_FILES = ("config.yaml", "label_map.json", "adapter", "calibration.json")
 
 
-def copy_run(run: Path, folder: Path, reuse: bool) -> Path:
+# The copies of the run: evaluation settings that differ. "fp32_whole_prompts": the scorer before issue 20 (every
+# prompt whole, fp32 alone, no bf16 cascade); the other two leave the cascade to the compute plan (on where bf16
+# measures faster) and differ in the shared prefix alone.
+VARIANTS = {"fp32_whole_prompts": {"reuse_prompt_prefix": False, "bf16_cascade": False},
+            "whole_prompts": {"reuse_prompt_prefix": False, "bf16_cascade": None},
+            "shared_prefix": {"reuse_prompt_prefix": True, "bf16_cascade": None}}
+
+
+def copy_run(run: Path, folder: Path, evaluation: dict) -> Path:
     from framesft.files import copy_entries
 
     folder.mkdir(parents=True)
     copy_entries(run, folder, RUN_FILES)
     config = yaml.safe_load((folder / "config.yaml").read_text())
-    config.setdefault("evaluation", {})["reuse_prompt_prefix"] = reuse
+    config.setdefault("evaluation", {}).update(evaluation)
     (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return folder
 
@@ -59,7 +69,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
 
-    from framesft.precision import cpu_facts
+    from framesft.precision import cpu_facts, cpu_prefers_bf16
 
     texts = pd.read_csv(SHARED / "dev_data.csv", dtype=str, keep_default_na=False)["chunk_text"].tolist()
     work_folder = tempfile.TemporaryDirectory(prefix="framesft-predict-prefix-")
@@ -67,25 +77,27 @@ def main() -> None:
     corpus = work / "corpus.parquet"
     pd.DataFrame({"chunk_id": [f"c{i}" for i in range(args.rows)],
                   "chunk_text": [texts[i % len(texts)] for i in range(args.rows)]}).to_parquet(corpus)
-    runs = {reuse: copy_run(args.run, work / f"run-reuse-{reuse}", reuse) for reuse in (False, True)}
-    seconds: dict[bool, list[float]] = {False: [], True: []}
+    runs = {name: copy_run(args.run, work / f"run-{name}", evaluation) for name, evaluation in VARIANTS.items()}
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
     for round_ in range(args.rounds):
-        for reuse in (False, True) if round_ % 2 == 0 else (True, False):
-            seconds[reuse].append(predict(runs[reuse], corpus, work / f"out-{reuse}.parquet"))
-            print(f"round {round_ + 1}, shared prefix {'once' if reuse else 'per prompt'}: "
-                  f"{args.rows / seconds[reuse][-1]:.2f} passages/s", flush=True)
-    labels = {reuse: pd.read_parquet(work / f"out-{reuse}.parquet")["predicted"].tolist() for reuse in runs}
-    same = sum(a == b for a, b in zip(labels[False], labels[True]))
-    rate = {reuse: args.rows / statistics.median(values) for reuse, values in seconds.items()}
+        for name in list(runs) if round_ % 2 == 0 else list(runs)[::-1]:
+            seconds[name].append(predict(runs[name], corpus, work / f"out-{name}.parquet"))
+            print(f"round {round_ + 1}, {name}: {args.rows / seconds[name][-1]:.2f} passages/s", flush=True)
+    labels = {name: pd.read_parquet(work / f"out-{name}.parquet")["predicted"].tolist() for name in runs}
+    same = {name: sum(a == b for a, b in zip(labels["fp32_whole_prompts"], labels[name])) for name in runs}
+    rate = {name: args.rows / statistics.median(values) for name, values in seconds.items()}
     cpu = cpu_facts(measured=True)
     result = {
         "run": str(args.run), "rows": args.rows, "rounds": args.rounds,
-        "passages_per_second_whole_prompts": round(rate[False], 3),
-        "passages_per_second_shared_prefix": round(rate[True], 3),
-        "speedup": round(rate[True] / rate[False], 3),
-        "same_labels": f"{same}/{args.rows}",
-        "wall_seconds": {"whole_prompts": [round(s, 1) for s in seconds[False]],
-                         "shared_prefix": [round(s, 1) for s in seconds[True]]},
+        "plan_cascades_here": cpu_prefers_bf16(),
+        "passages_per_second_fp32_whole_prompts": round(rate["fp32_whole_prompts"], 3),
+        "passages_per_second_whole_prompts": round(rate["whole_prompts"], 3),
+        "passages_per_second_shared_prefix": round(rate["shared_prefix"], 3),
+        "speedup": round(rate["shared_prefix"] / rate["whole_prompts"], 3),
+        "speedup_over_fp32_whole_prompts": round(rate["shared_prefix"] / rate["fp32_whole_prompts"], 3),
+        "same_labels": f"{same['shared_prefix']}/{args.rows}",
+        "same_labels_as_fp32_whole_prompts": {name: f"{n}/{args.rows}" for name, n in same.items()},
+        "wall_seconds": {name: [round(s, 1) for s in values] for name, values in seconds.items()},
         "cpu": {"model": cpu.model, "kind": cpu.kind, "fp32_gflops": cpu.fp32_gflops, "bf16_gflops": cpu.bf16_gflops},
         "date": time.strftime("%Y-%m-%d"),
     }
@@ -93,8 +105,10 @@ def main() -> None:
         "benchmark": __doc__.split("\n\n")[0].strip(), "entries": []}
     document["entries"].append(result)
     RESULTS.write_text(json.dumps(document, indent=1) + "\n")
-    print(f"predict end to end: {rate[False]:.2f} -> {rate[True]:.2f} passages/s ({result['speedup']:.2f}x), "
-          f"same labels {same}/{args.rows}; CPU {cpu.model}")
+    print(f"predict end to end: fp32 whole prompts {rate['fp32_whole_prompts']:.2f}, whole prompts "
+          f"{rate['whole_prompts']:.2f}, shared prefix {rate['shared_prefix']:.2f} passages/s "
+          f"({result['speedup']:.2f}x over whole prompts, {result['speedup_over_fp32_whole_prompts']:.2f}x over "
+          f"fp32 whole prompts), same labels {same}; CPU {cpu.model} ({cpu.kind})")
 
 
 if __name__ == "__main__":

@@ -85,6 +85,30 @@ def test_calls_shorter_than_the_probe_are_scored_in_fp32_until_the_bound_is_meas
     assert exact_scorer.scored[:42] == list(range(10)) + list(probe)
 
 
+def test_the_cascade_steps_aside_when_most_passages_need_rescoring():
+    """A model whose labels are mostly close calls (a weak run: margins small against bf16's error) would score
+    nearly every passage twice, slower than fp32 alone: once more than half of at least 64 bf16-scored passages
+    needed rescoring, the cascade scores the rest in fp32 alone. A model with clear margins keeps the cascade."""
+    rng = np.random.default_rng(3)
+    exact = rng.normal(0, 0.05, size=(400, len(LABELS)))  # every margin far inside a bf16-like error
+    fast = exact + rng.uniform(-0.15, 0.15, size=exact.shape)
+    scores, scorer, exact_scorer = run_cascade(exact, fast, calls=[slice(i, i + 40) for i in range(0, 400, 40)])
+    tally = scorer.tally
+    assert (scores.argmax(1) == exact.argmax(1)).all()  # fp32 labels either way
+    assert tally.stepped_aside and tally.rescored > cascade.MAX_RESCORED_SHARE * tally.fast_passages
+    # judged after the first call that brought the bf16-scored passages to 64: the probe's call (8 of 40 in
+    # bf16) and the next two calls (88); the seven calls after it in fp32 alone, the bf16 scorer never asked
+    assert (tally.probe_passages, tally.fast_passages, tally.fp32_only) == (32, 88, 280)
+    np.testing.assert_array_equal(scores[120:], exact[120:])
+    assert sum(i >= 120 for i in exact_scorer.scored) == 280
+    assert "stepped aside" in tally.summary() and tally.as_dict()["stepped_aside"]
+
+    clear = rng.normal(0, 6, size=(400, len(LABELS)))  # clear margins: few close calls, the cascade stays
+    _, scorer, _ = run_cascade(clear, clear + rng.uniform(-0.01, 0.01, size=clear.shape),
+                               calls=[slice(i, i + 40) for i in range(0, 400, 40)])
+    assert not scorer.tally.stepped_aside and scorer.tally.fast_passages == 400 - 32
+
+
 def test_the_probe_spans_the_call_so_a_sorted_corpus_cannot_hide_a_larger_error():
     """A corpus sorted so that the passages bf16 handles worst come last (say, the longest): a probe of the
     call's first 32 passages would see only the small error, set a bound too tight, and keep flipped labels."""

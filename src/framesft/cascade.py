@@ -18,6 +18,7 @@ close can change its label. The cascade keeps the fp32 labels:
    probe's largest change instead, the largest probability difference left was 0.022 (benchmarks.md).
 A passage outside the bound keeps its bf16 scores: for its label to differ from fp32, bf16 would have to move
 a difference of two scores by more than SAFETY times the largest such move seen on the probe.
+4. when most passages need rescoring (MAX_RESCORED_SHARE), the cascade steps aside: fp32 alone from then on.
 
 Where bf16 is not faster the compute plan never builds a cascade (precision.resolve_plan,
 evaluation.bf16_cascade); tests force it on any CPU.
@@ -41,6 +42,13 @@ log = logging.getLogger(__name__)
 PROBE_PASSAGES = 32  # scored both ways to measure the bound (cost: these passages once more in fp32)
 SAFETY = 2.0  # the bound is this many times the largest change of a score difference seen on the probe
 PROBABILITY_TOLERANCE = 0.03  # passages whose calibrated probabilities the bound could move further are rescored
+# The cascade steps aside (fp32 alone from then on) once more than this share of its bf16-scored passages needed
+# rescoring, judged after at least STEP_ASIDE_AFTER of them. With bf16 k times as fast as fp32 a passage costs
+# 1/k + share of an fp32 one: at k = 2.3-2.8 (measured scoring on AMX and Zen 5) the cascade gains little above a
+# half and loses above about 0.6, as it did (0.71x fp32) for a weak SmolLM2 run whose every passage was close.
+# A share, not a timing, so that two runs over the same passages decide alike.
+MAX_RESCORED_SHARE = 0.5
+STEP_ASIDE_AFTER = 2 * PROBE_PASSAGES
 
 
 def bf16_copy(model):
@@ -87,18 +95,20 @@ class CascadeTally:
     bound: float | None = None  # SAFETY x largest_change: margins within it are rescored in fp32
     fast_passages: int = 0  # scored in bf16 (the probe excluded)
     rescored: int = 0  # of those, scored again in fp32 (a close margin, or probabilities the bound could move)
-    fp32_only: int = 0  # scored in fp32 alone: calls shorter than the probe before the bound was measured
+    fp32_only: int = 0  # scored in fp32 alone: calls shorter than the probe before the bound, or after stepping aside
+    stepped_aside: bool = False  # more than MAX_RESCORED_SHARE of the bf16-scored passages needed rescoring
 
     def summary(self) -> str:
         scored = self.probe_passages + self.fast_passages + self.fp32_only
         in_fp32 = self.probe_passages + self.rescored + self.fp32_only
         return (f"bf16 margin cascade: {in_fp32} of {scored} passages scored in fp32 ({self.probe_passages} "
-                f"probe, {self.rescored} within the bound {self.bound or 0:.4f}, {self.fp32_only} before it)")
+                f"probe, {self.rescored} within the bound {self.bound or 0:.4f}, {self.fp32_only} alone"
+                + (": it stepped aside, too many needed rescoring)" if self.stepped_aside else ")"))
 
     def as_dict(self) -> dict:
         return {"probe_passages": self.probe_passages, "largest_change": self.largest_change, "bound": self.bound,
                 "fast_passages": self.fast_passages, "rescored": self.rescored, "fp32_only": self.fp32_only,
-                "safety": SAFETY,
+                "stepped_aside": self.stepped_aside, "safety": SAFETY,
                 "probability_tolerance": PROBABILITY_TOLERANCE}
 
     def since(self, earlier: dict) -> dict:
@@ -114,6 +124,7 @@ def summed_tallies(tallies: Sequence[dict]) -> dict:
     combined = dict(tallies[0])
     for key in TALLY_COUNTS:
         combined[key] = sum(t[key] for t in tallies)
+    combined["stepped_aside"] = any(t.get("stepped_aside", False) for t in tallies)
     for key in ("largest_change", "bound"):
         values = [t[key] for t in tallies if t[key] is not None]
         combined[key] = max(values) if values else None
@@ -139,6 +150,9 @@ class MarginCascade:
     def score_prompts(self, prompts: Sequence, on_progress: Callable[[int], None] | None = None) -> LabelScores:
         prompts = list(prompts)
         tally = self.tally
+        if tally.stepped_aside:
+            tally.fp32_only += len(prompts)
+            return self.exact.score_prompts(prompts, on_progress)
         probe = np.zeros(0, dtype=int)
         if tally.bound is None:  # the first call of at least PROBE_PASSAGES measures the bound
             if len(prompts) < PROBE_PASSAGES:  # too few to measure it on: fp32 alone
@@ -166,4 +180,9 @@ class MarginCascade:
             scores[uncertain] = self.exact.score_prompts([prompts[i] for i in uncertain]).scores
         tally.fast_passages += len(prompts) - len(probe)
         tally.rescored += len(uncertain)
+        if tally.fast_passages >= STEP_ASIDE_AFTER and tally.rescored > MAX_RESCORED_SHARE * tally.fast_passages:
+            tally.stepped_aside = True
+            log.warning("bf16 margin cascade: %d of %d passages scored in bf16 needed fp32 again (their labels' "
+                        "margins are close), so the cascade is no faster than fp32 for this model; scoring the "
+                        "rest in fp32 alone", tally.rescored, tally.fast_passages)
         return LabelScores(fast_all.labels, scores)

@@ -191,18 +191,23 @@ def tally_path(parts: Path, index: int) -> Path:
     return parts / f"cascade-{index:06d}.json"
 
 
-def resume_cascade_bound(cascade: MarginCascade, parts: Path, process_index: int) -> None:
-    """A resumed prediction keeps the bf16 cascade's bound the interrupted attempt measured (recorded with its
-    first chunk), instead of probing its own first chunk: which passages are rescored in fp32 depends on the
-    bound, so only then does a resumed output equal an uninterrupted one. The bound of this process's index
-    when it has one (each process measured its own), else the widest recorded."""
+def resume_cascade_state(cascade: MarginCascade, parts: Path, process_index: int) -> None:
+    """A resumed prediction continues the bf16 cascade of the interrupted attempt (recorded with its chunks): its
+    bound, instead of probing its own first chunk, and its counts of passages scored and rescored, which decide
+    whether it steps aside. Which passages are rescored in fp32 depends on both, so only then does a resumed
+    output equal an uninterrupted one. This process index's records when there are any (each process measured
+    its own bound), else the widest bound recorded."""
     recorded = [read_json(path) for path in sorted(parts.glob("cascade-*.json"))]
     recorded = [t for t in recorded if t.get("bound") is not None]
     if not recorded:
         return
     mine = [t for t in recorded if t.get("process") == process_index]
     source = mine[0] if mine else max(recorded, key=lambda t: t["bound"])
-    cascade.tally.bound, cascade.tally.largest_change = source["bound"], source["largest_change"]
+    tally = cascade.tally
+    tally.bound, tally.largest_change = source["bound"], source["largest_change"]
+    tally.fast_passages = sum(t["fast_passages"] for t in mine)
+    tally.rescored = sum(t["rescored"] for t in mine)
+    tally.stepped_aside = any(t.get("stepped_aside", False) for t in mine)
     log.info("resuming with the bf16 cascade bound %.4f measured by the interrupted attempt", source["bound"])
 
 
@@ -280,7 +285,7 @@ def predict_corpus(run_dir: str | Path, input_path: str | Path, output_path: str
     scorer = classifier.scorer()
     cascade = scorer if isinstance(scorer, MarginCascade) else None
     if cascade:
-        resume_cascade_bound(cascade, parts, state.process_index)
+        resume_cascade_state(cascade, parts, state.process_index)
     n_chunks = 0
     with progress_bar(total, "predicting", unit="rows",
                       enabled=show_progress and state.is_main_process) as advance:
