@@ -107,6 +107,15 @@ RECIPES = {
                                  "matmul is faster than fp32: frozen weights in bf16 under bf16 autocast, LoRA "
                                  "weights fp32, scoring fp32 (bf16 margin cascade); issue 20 part 3",
                                  ["training.num_epochs=2"], training_rows="originals", needs_bf16_training=True),
+    "originals-2ep-cosine": Recipe("originals-2ep with a cosine learning-rate schedule (shipped: linear)",
+                                   ["training.num_epochs=2", "training.lr_scheduler=cosine"],
+                                   training_rows="originals"),
+    "originals-2ep-no-definitions": Recipe("originals-2ep with the prompt's label list but without the label "
+                                           "definitions", ["training.num_epochs=2", "prompt.label_definitions={}"],
+                                           training_rows="originals"),
+    "originals-2ep-tapt0.3": Recipe("task-adaptive pretraining over 0.3 of an epoch of the 1,547 original training "
+                                    "passages (labels unread), then originals-2ep from that adapter",
+                                    ["training.num_epochs=2"], training_rows="originals", pretrain_epochs=0.3),
     "tapt": Recipe("task-adaptive pretraining: one causal-LM epoch over the 1,547 original training passages "
                    "(labels unread), then the default SFT from that adapter", pretrain_epochs=1),
 }

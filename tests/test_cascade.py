@@ -103,6 +103,15 @@ def test_the_cascade_steps_aside_when_most_passages_need_rescoring():
     assert sum(i >= 120 for i in exact_scorer.scored) == 280
     assert "stepped aside" in tally.summary() and tally.as_dict()["stepped_aside"]
 
+    # one long call (a predict chunk): judged after its first block of 64 bf16-scored passages, not at its end
+    scores, scorer, exact_scorer = run_cascade(exact, fast)
+    tally = scorer.tally
+    assert (scores.argmax(1) == exact.argmax(1)).all() and tally.stepped_aside
+    assert (tally.probe_passages, tally.fast_passages, tally.fp32_only) == (32, 64, 400 - 32 - 64)
+    fast_scorer = scorer.fast
+    assert len(fast_scorer.scored) == 32 + 64  # the probe and the first block; the rest never scored in bf16
+    assert sorted(exact_scorer.scored[:32]) == sorted(fast_scorer.scored[:32]) == probe_positions(400).tolist()
+
     clear = rng.normal(0, 6, size=(400, len(LABELS)))  # clear margins: few close calls, the cascade stays
     _, scorer, _ = run_cascade(clear, clear + rng.uniform(-0.01, 0.01, size=clear.shape),
                                calls=[slice(i, i + 40) for i in range(0, 400, 40)])
@@ -266,3 +275,24 @@ def test_a_resumed_cascade_prediction_equals_an_uninterrupted_one(trained_run, t
     assert 0 <= tally["rescored"] <= tally["fast_passages"]
     resumed, reference = (pd.read_csv(path, keep_default_na=False) for path in (out, uninterrupted))
     pd.testing.assert_frame_equal(resumed, reference)
+
+
+def test_a_resumed_cascade_ignores_the_tally_of_a_chunk_without_its_part(tmp_path):
+    """An attempt stopped between writing a chunk's cascade tally and its part: the resumed attempt scores that
+    chunk again, so its tally must not count (it would step aside a chunk early, and the output would differ)."""
+    from framesft.corpus import part_path, resume_cascade_state, tally_path
+    from framesft.files import write_json
+
+    for index, (fast, rescored, stepped_aside) in enumerate([(8, 5, False), (40, 26, False), (40, 30, True)]):
+        write_json(tally_path(tmp_path, index), {"process": 0, "bound": 0.2, "largest_change": 0.1,
+                                                 "fast_passages": fast, "rescored": rescored,
+                                                 "stepped_aside": stepped_aside})
+    for index in (0, 1):  # the third chunk's part was never written
+        part_path(tmp_path, index).write_bytes(b"")
+    resumed = MarginCascade(None, None, None)
+    resume_cascade_state(resumed, tmp_path, 0)
+    assert (resumed.tally.bound, resumed.tally.fast_passages, resumed.tally.rescored) == (0.2, 48, 31)
+    assert not resumed.tally.stepped_aside
+    part_path(tmp_path, 2).write_bytes(b"")
+    resume_cascade_state(resumed, tmp_path, 0)
+    assert (resumed.tally.fast_passages, resumed.tally.rescored, resumed.tally.stepped_aside) == (88, 61, True)

@@ -105,7 +105,7 @@ ALL_FUSED = ("sparse_dropout", "fused_lora", "fused_norms", "fused_rotary")
 
 
 @pytest.mark.parametrize("kind, training_weights, autocast, fused", [
-    ("amx", "bfloat16", "bf16", ("sparse_dropout", "fused_lora")),  # bf16 3.8x fp32: bf16 weights, autocast
+    ("amx", "bfloat16", "bf16", ALL_FUSED),          # bf16 3.8x fp32: bf16 weights, autocast
     ("avx512_bf16", "float32", None, ALL_FUSED),      # bf16 half of fp32: fp32 and the fused operations
     ("avx2", "float32", None, ALL_FUSED),             # no native bf16: never bf16
 ])
@@ -135,16 +135,16 @@ def test_compute_plan_follows_the_measured_cpu(monkeypatch, tiny_model_dir, tmp_
     config.model.dtype = "bfloat16"
     config.training.bf16 = True
     plan = resolve_plan(config, cpu)
-    assert (plan.training_weights, plan.scoring_weights, plan.fused_cpu_ops) == ("bfloat16", "bfloat16",
-                                                                                 ("sparse_dropout", "fused_lora"))
+    assert (plan.training_weights, plan.scoring_weights, plan.fused_cpu_ops) == ("bfloat16", "bfloat16", ALL_FUSED)
     assert ("emulated" in plan.reason) == (kind == "avx2")
-    config.training.bf16 = False  # bf16 weights without autocast: x and the fp32 LoRA weights differ, no fusing
+    config.training.bf16 = False  # bf16 weights without autocast: x and the fp32 LoRA weights differ, PEFT's layer
+    assert resolve_plan(config, cpu).fused_cpu_ops == ("sparse_dropout", "fused_norms", "fused_rotary")
+    config.model.dtype = "float16"  # the fused norms and rotary serve float32 and bfloat16 only
     assert resolve_plan(config, cpu).fused_cpu_ops == ("sparse_dropout",)
 
 
 def test_the_plan_installs_exactly_its_fused_operations(monkeypatch, tiny_model_dir, tmp_path):
-    """What the plan names is what training installs: all four on fp32 weights, the dropout and the LoRA layer
-    on bf16 under autocast."""
+    """What the plan names is what training installs: all four, on fp32 weights and on bf16 under autocast."""
     from conftest import simulate_cpu, tiny_config
     from framesft.methods import build_method
     from framesft.modeling import load_tokenizer
@@ -153,16 +153,18 @@ def test_the_plan_installs_exactly_its_fused_operations(monkeypatch, tiny_model_
 
     config = tiny_config(tiny_model_dir, tmp_path / "run", bf16=True)
     method = build_method(config, load_tokenizer(tiny_model_dir, False), ["A", "B"])
-    for kind, fused_norms in (("avx512_bf16", True), ("amx", False)):
+    for kind, frozen_dtype in (("avx512_bf16", torch.float32), ("amx", torch.bfloat16)):
         simulate_cpu(monkeypatch, kind)
-        model = trainable_model(config, tiny_model_dir, method, ["A", "B"], resolve_plan(config, torch.device("cpu")))
+        plan = resolve_plan(config, torch.device("cpu"))
+        assert plan.fused_cpu_ops == ALL_FUSED, kind
+        model = trainable_model(config, tiny_model_dir, method, ["A", "B"], plan)
         norms = [m for m in model.modules() if "fused_norm_offset" in m.__dict__]
         lora_forwards = [m for m in model.modules() if "lora_A" in m.__dict__.get("_modules", {})
                          and "forward" in m.__dict__]
-        assert bool(norms) == fused_norms and lora_forwards, kind
+        assert len(norms) == 2 * 2 + 1 and lora_forwards, kind
         assert any(isinstance(m, SparseDropout) for m in model.modules()), kind
-        frozen = {p.dtype for n, p in model.named_parameters() if not p.requires_grad and "norm" not in n}
-        assert frozen == {torch.float32 if fused_norms else torch.bfloat16}, kind
+        frozen = {p.dtype for n, p in model.named_parameters() if not p.requires_grad}
+        assert frozen == {frozen_dtype}, kind
 
 
 def test_matmul_probe_measures_a_positive_rate():

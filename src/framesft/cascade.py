@@ -19,6 +19,8 @@ close can change its label. The cascade keeps the fp32 labels:
 A passage outside the bound keeps its bf16 scores: for its label to differ from fp32, bf16 would have to move
 a difference of two scores by more than SAFETY times the largest such move seen on the probe.
 4. when most passages need rescoring (MAX_RESCORED_SHARE), the cascade steps aside: fp32 alone from then on.
+   It judges after each block of STEP_ASIDE_AFTER passages, so a long call (a 1,000-row predict chunk) is not
+   scored twice over before it can step aside.
 
 Where bf16 is not faster the compute plan never builds a cascade (precision.resolve_plan,
 evaluation.bf16_cascade); tests force it on any CPU.
@@ -150,39 +152,59 @@ class MarginCascade:
     def score_prompts(self, prompts: Sequence, on_progress: Callable[[int], None] | None = None) -> LabelScores:
         prompts = list(prompts)
         tally = self.tally
+        if tally.stepped_aside or (tally.bound is None and len(prompts) < PROBE_PASSAGES):
+            # stepped aside, or too few passages to measure the bound on before it exists: fp32 alone
+            tally.fp32_only += len(prompts)
+            return self.exact.score_prompts(prompts, on_progress)
+        positions = np.arange(len(prompts))
+        scores, labels = None, None
+        if tally.bound is None:  # the first call of at least PROBE_PASSAGES measures the bound
+            probe = probe_positions(len(prompts))
+            exact_probe = self.exact.score_prompts([prompts[i] for i in probe])
+            self.measure_bound(self.fast.score_prompts([prompts[i] for i in probe]).scores, exact_probe.scores)
+            labels, scores = exact_probe.labels, np.empty((len(prompts), exact_probe.scores.shape[1]))
+            scores[probe] = exact_probe.scores
+            tally.probe_passages = len(probe)
+            positions = np.setdiff1d(positions, probe)
+            if on_progress:
+                on_progress(len(probe))
+        # in blocks, so that a long call (a predict chunk) is judged for stepping aside as it goes
+        for start in range(0, len(positions), STEP_ASIDE_AFTER):
+            block = positions[start:start + STEP_ASIDE_AFTER]
+            scored = self.score_block([prompts[i] for i in block], on_progress)
+            if scores is None:
+                labels, scores = scored.labels, np.empty((len(prompts), scored.scores.shape[1]))
+            scores[block] = scored.scores
+        return LabelScores(labels, scores)
+
+    def measure_bound(self, fast: np.ndarray, exact: np.ndarray) -> None:
+        tally = self.tally
+        tally.largest_change = largest_difference_change(fast, exact)
+        tally.bound = SAFETY * tally.largest_change
+        log.info("bf16 margin cascade: on %d probe passages bf16 moved a difference of two label scores by at most "
+                 "%.4f; passages with a bf16 margin under %.4f are rescored in fp32",
+                 len(fast), tally.largest_change, tally.bound)
+
+    def score_block(self, prompts: list, on_progress: Callable[[int], None] | None) -> LabelScores:
+        """bf16 scores, with fp32 ones for the passages whose margin or probabilities the bound could change; fp32
+        alone once the cascade has stepped aside."""
+        tally = self.tally
         if tally.stepped_aside:
             tally.fp32_only += len(prompts)
             return self.exact.score_prompts(prompts, on_progress)
-        probe = np.zeros(0, dtype=int)
-        if tally.bound is None:  # the first call of at least PROBE_PASSAGES measures the bound
-            if len(prompts) < PROBE_PASSAGES:  # too few to measure it on: fp32 alone
-                tally.fp32_only += len(prompts)
-                return self.exact.score_prompts(prompts, on_progress)
-            probe = probe_positions(len(prompts))
-        exact_probe = self.exact.score_prompts([prompts[i] for i in probe]) if len(probe) else None
-        fast_all = self.fast.score_prompts(prompts, on_progress)
-        scores = fast_all.scores.copy()
-        if len(probe):
-            scores[probe] = exact_probe.scores
-            tally.probe_passages = len(probe)
-            tally.largest_change = largest_difference_change(fast_all.scores[probe], exact_probe.scores)
-            tally.bound = SAFETY * tally.largest_change
-            log.info("bf16 margin cascade: on %d probe passages bf16 moved a difference of two label scores by "
-                     "at most %.4f; passages with a bf16 margin under %.4f are rescored in fp32",
-                     len(probe), tally.largest_change, tally.bound)
+        fast = self.fast.score_prompts(prompts, on_progress)
+        scores = fast.scores.copy()
         adjusted = scores if self.offset is None else scores + self.offset[None, :]
-        bound = tally.bound
-        close = ((top_margins(adjusted) <= bound)
+        close = ((top_margins(adjusted) <= tally.bound)
                  | sensitive_probabilities(adjusted, self.temperature, tally.largest_change))
-        close[probe] = False  # already exact
         uncertain = np.flatnonzero(close)
         if len(uncertain):
             scores[uncertain] = self.exact.score_prompts([prompts[i] for i in uncertain]).scores
-        tally.fast_passages += len(prompts) - len(probe)
+        tally.fast_passages += len(prompts)
         tally.rescored += len(uncertain)
         if tally.fast_passages >= STEP_ASIDE_AFTER and tally.rescored > MAX_RESCORED_SHARE * tally.fast_passages:
             tally.stepped_aside = True
             log.warning("bf16 margin cascade: %d of %d passages scored in bf16 needed fp32 again (their labels' "
                         "margins are close), so the cascade is no faster than fp32 for this model; scoring the "
                         "rest in fp32 alone", tally.rescored, tally.fast_passages)
-        return LabelScores(fast_all.labels, scores)
+        return LabelScores(fast.labels, scores)

@@ -196,8 +196,10 @@ def resume_cascade_state(cascade: MarginCascade, parts: Path, process_index: int
     bound, instead of probing its own first chunk, and its counts of passages scored and rescored, which decide
     whether it steps aside. Which passages are rescored in fp32 depends on both, so only then does a resumed
     output equal an uninterrupted one. This process index's records when there are any (each process measured
-    its own bound), else the widest bound recorded."""
-    recorded = [read_json(path) for path in sorted(parts.glob("cascade-*.json"))]
+    its own bound), else the widest bound recorded. A record whose chunk has no part (the attempt stopped between
+    the two writes) is left out: this attempt scores that chunk again."""
+    recorded = [read_json(path) for path in sorted(parts.glob("cascade-*.json"))
+                if part_path(parts, int(path.stem.split("-")[1])).is_file()]
     recorded = [t for t in recorded if t.get("bound") is not None]
     if not recorded:
         return

@@ -10,9 +10,12 @@ frozen norm weights of LoRA training no weight gradient is needed. `benchmarks/t
 the whole step.
 
 Both replacements are checked against the model's own code on a random input before they are installed, and
-they only run where the original would compute the same thing: float32 tensors on CPU, gradients enabled,
-autocast off, a frozen norm weight. Anything else (scoring, bf16, GPUs, a model whose norm or rotary differs)
-runs transformers' code unchanged.
+they only run where the original would compute the same thing: CPU tensors of one dtype, float32 or bfloat16,
+gradients enabled, a frozen norm weight. Anything else (scoring, GPUs, mixed dtypes, a model whose norm or rotary
+differs) runs transformers' code unchanged. In bfloat16 (the compute plan on CPUs where bf16 is fast: bf16 frozen
+weights under autocast) the norm computes in float32 and rounds its result once, as Gemma's own norm does, and
+saves the bf16 input instead of float32 copies; the rotary computes in bf16 as transformers' does, with fewer
+roundings. Autocast does not touch either (no matmuls), so they run under it too.
 """
 
 from __future__ import annotations
@@ -25,22 +28,25 @@ from torch import nn
 
 
 class _RMSNorm(torch.autograd.Function):
-    """y = x / rms(x) * scale over the last dimension, for a constant `scale` (the frozen weight, plus 1 for
-    Gemma). Backward: dx = rstd * (g*scale - x * rstd^2 * mean(g*scale * x)), in four passes."""
+    """y = x / rms(x) * scale over the last dimension, for a constant float32 `scale` (the frozen weight, plus 1
+    for Gemma). Backward: dx = rstd * (g*scale - x * rstd^2 * mean(g*scale * x)), in four passes. A bf16 x is
+    computed in float32 (the products with the float32 scale promote) and the result rounded to bf16 once."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
-        # vector_norm reads x once without writing x^2; rstd is one number per row
-        rstd = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(eps).rsqrt_()
+        # vector_norm reads x once without writing x^2; rstd is one number per row, float32 at least
+        rstd = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.promote_types(x.dtype, torch.float32))
+        rstd = rstd.square_().div_(x.shape[-1]).add_(eps).rsqrt_()
         ctx.save_for_backward(x, scale, rstd)
-        return torch.mul(x, scale).mul_(rstd)
+        return torch.mul(x, scale).mul_(rstd).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, scale, rstd = ctx.saved_tensors
-        grad_scaled = torch.mul(grad, scale)
-        coefficient = torch.linalg.vecdot(grad_scaled, x, dim=-1).unsqueeze(-1).mul_(rstd.pow(3)).div_(-x.shape[-1])
-        return grad_scaled.mul_(rstd).addcmul_(x, coefficient), None, None
+        grad_scaled = torch.mul(grad, scale)  # float32 at least
+        x32 = x.to(grad_scaled.dtype)  # x itself when it is float32; for bf16 the backward's one float32 copy
+        coefficient = torch.linalg.vecdot(grad_scaled, x32, dim=-1).unsqueeze(-1).mul_(rstd.pow(3)).div_(-x.shape[-1])
+        return grad_scaled.mul_(rstd).addcmul_(x32, coefficient).to(x.dtype), None, None
 
 
 def _norm_eps(module: nn.Module) -> float | None:
@@ -48,17 +54,22 @@ def _norm_eps(module: nn.Module) -> float | None:
     return float(eps) if isinstance(eps, (int, float)) else None
 
 
+FUSED_DTYPES = (torch.float32, torch.bfloat16)
+
+
 def _fusable(*tensors: torch.Tensor) -> bool:
-    """Where the fused operations apply: float32 CPU tensors in a pass that records gradients, without autocast."""
-    return (torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
-            and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors))
+    """Where the fused operations apply: CPU tensors of one dtype, float32 or bfloat16, in a pass that records
+    gradients (autocast or not: it leaves these elementwise operations alone)."""
+    dtype = tensors[0].dtype
+    return (torch.is_grad_enabled() and dtype in FUSED_DTYPES
+            and all(t.device.type == "cpu" and t.dtype == dtype for t in tensors))
 
 
 def _fused_norm_forward(self, x: torch.Tensor) -> torch.Tensor:
     weight = self.weight
     if weight.requires_grad or not _fusable(x, weight):
         return type(self).forward(self, x)
-    scale = weight + self.fused_norm_offset if self.fused_norm_offset else weight
+    scale = weight.float() + self.fused_norm_offset if self.fused_norm_offset else weight.float()
     return _RMSNorm.apply(x, scale, self.fused_norm_eps)
 
 
@@ -83,7 +94,7 @@ def _norm_offset(module: nn.Module, eps: float) -> float | None:
 
 def use_fused_norms(model: nn.Module) -> int:
     """Route every RMSNorm of the model whose forward the fused one reproduces through _RMSNorm (in training, on
-    CPU, in float32; see the module docstring). Returns how many."""
+    CPU, in float32 or bfloat16; see the module docstring). Returns how many."""
     fused = 0
     for module in model.modules():
         weight = getattr(module, "weight", None)
@@ -161,9 +172,9 @@ def _rotary_matches(original: Callable, fused: Callable) -> bool:
 
 def use_fused_rotary(model: nn.Module) -> int:
     """Replace `apply_rotary_pos_emb` in the transformers modeling modules the model's layers come from, where the
-    fused one reproduces it (in training, on CPU, in float32; see the module docstring). It is module-wide, so
-    other models of the same family in this process get it too: outside training they run the original, and in
-    training the same computation. Returns how many modeling modules were changed."""
+    fused one reproduces it (in training, on CPU, in float32 or bfloat16; see the module docstring). It is
+    module-wide, so other models of the same family in this process get it too: outside training they run the
+    original, and in training the same computation. Returns how many modeling modules were changed."""
     replaced = 0
     for name in sorted({type(module).__module__ for module in model.modules()}):
         modeling = sys.modules.get(name)

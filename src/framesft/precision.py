@@ -225,8 +225,8 @@ def resolve_plan(config: FrameSFTConfig, device: torch.device | None = None) -> 
     the bf16 margin cascade keeps fp32's labels at close to bf16 speed, see scoring_cascade), and for training
     bf16 only where cpu_prefers_bf16() (AMX); the LoRA weights stay fp32 either way. An explicit model.dtype is
     obeyed for both. Autocast on a CPU only over bf16 weights (over fp32 weights it would cast every frozen weight
-    at every step). The fused norms and rotary are written for float32 without autocast; the fused LoRA layer runs
-    there and under bf16 autocast over bf16 weights; the sparse dropout everywhere."""
+    at every step). The fused norms and rotary run in float32 and bfloat16, with or without autocast; the fused LoRA
+    layer in float32 and under bf16 autocast over bf16 weights; the sparse dropout everywhere."""
     device = device or pick_device(config)
     chosen = config.model.dtype
     training_cfg = config.training
@@ -261,11 +261,11 @@ def resolve_plan(config: FrameSFTConfig, device: torch.device | None = None) -> 
         fused = (FUSED_ROTARY,) if autocast is None and training == "float32" else ()
     else:
         autocast = "bf16" if training_cfg.bf16 and training == "bfloat16" else None
-        if training == "float32" and autocast is None:
+        if (training, autocast) in (("float32", None), ("bfloat16", "bf16")):
             fused = (SPARSE_DROPOUT, FUSED_LORA, FUSED_NORMS, FUSED_ROTARY)
-        elif autocast == "bf16":  # the fused LoRA layer runs in bf16 too; the norms and rotary serve fp32 only
-            fused = (SPARSE_DROPOUT, FUSED_LORA)
-        else:
+        elif training == "bfloat16":  # no autocast: the fp32 LoRA weights meet bf16 inputs, PEFT's forward casts
+            fused = (SPARSE_DROPOUT, FUSED_NORMS, FUSED_ROTARY)
+        else:  # float16 weights: the fused operations serve float32 and bfloat16 only
             fused = (SPARSE_DROPOUT,)
     cascade = scoring_cascade(config, scoring, bf16_faster=chosen == "auto" and cpu_prefers_bf16())
     return ComputePlan("cpu", training_weights=training, scoring_weights=scoring, scoring_cascade=cascade,
