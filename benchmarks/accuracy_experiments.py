@@ -24,7 +24,9 @@ with:
 Every recipe tried is kept, helpful or not: entries are appended, never replaced.
 
 `--summary` prints the table of all entries (per recipe: mean over seeds, and the paired differences); `--pooled
-RECIPE` averages its paired gain over default across the seeds both ran (one bootstrap over the passages).
+RECIPE` averages its paired gain over default across the seeds both ran (one bootstrap over the passages);
+`--ensemble RECIPE` scores a recipe's seeds as one ensemble, `--ensemble A@43 B@43 C@43` runs of different
+recipes, from the probabilities in the JSON (no training).
 """
 
 from __future__ import annotations
@@ -265,31 +267,52 @@ def paired_with(entry: dict, entries: list[dict], recipe: str = "default") -> di
             "mcnemar_p": round(result["mcnemar_p"], 4)}
 
 
-def ensemble_entry(recipe: str, budget: str, entries: list[dict]) -> dict:
-    """The members of one recipe (its newest entry per seed) as an ensemble: the average of their calibrated
-    log-probabilities, scored like a single run; its training cost is the sum of its members'."""
+def ensemble_members(specs: list[str], budget: str, entries: list[dict]) -> list[dict]:
+    """The entries an ensemble averages: for each spec, RECIPE (its newest entry per seed) or RECIPE@SEED (its
+    newest entry of that seed). One RECIPE is the seeds-of-one-recipe ensemble; several recipes at one seed are
+    the issue's "SFT runs with different prompts" (or recipes) of similar strength."""
     members = {}
-    for e in entries:
-        if e["recipe"] == recipe and e["budget"] == budget:
-            members[e["seed"]] = e
+    for spec in specs:
+        recipe, _, seed = spec.partition("@")
+        matching = [e for e in entries if e["recipe"] == recipe and e["budget"] == budget
+                    and (not seed or e["seed"] == int(seed))]
+        if not matching:
+            raise SystemExit(f"--ensemble {spec}: no entry of that recipe{' and seed' if seed else ''} at budget "
+                             f"{budget} in {RESULTS}")
+        for e in matching:
+            members[(recipe, e["seed"])] = e  # the newest per recipe and seed
     if len(members) < 2:
-        raise SystemExit(f"--ensemble {recipe}: needs entries of at least two seeds at budget {budget}")
-    members = [members[seed] for seed in sorted(members)]
+        raise SystemExit(f"--ensemble {' '.join(specs)}: needs at least two members (seeds or recipes) at budget "
+                         f"{budget}")
+    return [members[key] for key in sorted(members)]
+
+
+def ensemble_entry(specs: list[str], budget: str, entries: list[dict]) -> dict:
+    """The members (ensemble_members) as one ensemble: the average of their calibrated log-probabilities, scored
+    like a single run; its training cost is the sum of its members'."""
+    members = ensemble_members(specs, budget, entries)
     labels, truth = members[0]["labels"], members[0]["dev_truth"]
+    if any(m["labels"] != labels or m["dev_truth"] != truth for m in members):
+        raise SystemExit(f"--ensemble {' '.join(specs)}: the members were scored on different labels or passages")
     log_probabilities = np.mean([np.log(np.clip(m["dev_probabilities"], 1e-12, 1)) for m in members], axis=0)
     probabilities = np.exp(log_probabilities)
     probabilities /= probabilities.sum(axis=1, keepdims=True)
     predicted = [labels[i] for i in probabilities.argmax(axis=1)]
+    recipes = sorted({m["recipe"] for m in members})
     seeds = [m["seed"] for m in members]
+    one_recipe = len(recipes) == 1
     entry = {
-        "recipe": f"ensemble:{recipe}",
-        "description": f"average of the calibrated log-probabilities of {recipe} seeds {seeds}",
-        "overrides": members[0]["overrides"], "seed": seeds, "budget": budget,
+        "recipe": "ensemble:" + "+".join(recipes),
+        "description": "average of the calibrated log-probabilities of "
+                       + ", ".join(f"{m['recipe']} seed {m['seed']}" for m in members),
+        "overrides": members[0]["overrides"] if one_recipe else None,
+        "members": [f"{m['recipe']}@{m['seed']}" for m in members],
+        "seed": seeds, "budget": budget,
         **dev_scores(labels, truth, predicted, probabilities),
         "validation_f1_macro": None,
         "train_minutes": round(sum(m["train_minutes"] for m in members), 1), "wall_minutes": None,
         "global_step": None, "cpu": members[0]["cpu"],
-        "command": f"benchmarks/accuracy_experiments.py --ensemble {recipe}"
+        "command": f"benchmarks/accuracy_experiments.py --ensemble {' '.join(specs)}"
                    + (f" --max-steps {budget[5:]}" if budget != "full" else ""),
         "run_dir": None, "date": time.strftime("%Y-%m-%d"),
     }
@@ -297,7 +320,7 @@ def ensemble_entry(recipe: str, budget: str, entries: list[dict]) -> dict:
     entry["paired_with_members"] = {}
     for m in members:
         result = paired_comparison(truth, predicted, m["dev_predicted"], labels)
-        entry["paired_with_members"][f"seed {m['seed']}"] = {
+        entry["paired_with_members"][f"seed {m['seed']}" if one_recipe else f"{m['recipe']} seed {m['seed']}"] = {
             "f1_macro_difference": round(result["f1_macro_difference"], 4),
             "ci95": [round(v, 3) for v in result["ci95"]], "mcnemar_p": round(result["mcnemar_p"], 4)}
     return entry
@@ -390,8 +413,10 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="score an existing complete run folder, do not retrain")
     parser.add_argument("--list", action="store_true", help="list the recipes and stop")
     parser.add_argument("--summary", action="store_true", help="print the table of all entries and stop")
-    parser.add_argument("--ensemble", metavar="RECIPE",
-                        help="score the recipe's seeds (already in the JSON) as one ensemble, append it, stop")
+    parser.add_argument("--ensemble", metavar="RECIPE[@SEED]", nargs="+",
+                        help="score entries already in the JSON as one ensemble (a recipe: its seeds; "
+                             "RECIPE@SEED: that seed's entry; several recipes: runs of different recipes), "
+                             "append it, stop")
     parser.add_argument("--pooled", metavar="RECIPE",
                         help="the recipe's gain over default averaged over the seeds both ran (paired bootstrap), "
                              "append it to the JSON's `pooled` list, stop")
