@@ -317,6 +317,10 @@ def ensemble_entry(specs: list[str], budget: str, entries: list[dict]) -> dict:
         "run_dir": None, "date": time.strftime("%Y-%m-%d"),
     }
     entry["paired_with_default"] = None  # see paired_with_members (for ensemble:default, its members are it)
+    if not one_recipe and len(set(seeds)) == 1:  # runs of different recipes at one seed: against that seed's runs
+        single = {**entry, "seed": seeds[0]}
+        entry["paired_with_default"] = paired_with(single, entries, "default")
+        entry["paired_with_shipped"] = paired_with(single, entries, SHIPPED)
     entry["paired_with_members"] = {}
     for m in members:
         result = paired_comparison(truth, predicted, m["dev_predicted"], labels)
@@ -389,11 +393,14 @@ def summary_table(entries: list[dict]) -> str:
     for e in entries:
         if e.get("paired_with_default"):
             versus = "vs default: " + paired_cell(e["paired_with_default"])
-            shipped = e.get("paired_with_shipped") or paired_with(e, entries, SHIPPED)
-            if shipped and not e["recipe"].startswith("ensemble:"):
+            ensemble = e["recipe"].startswith("ensemble:")
+            shipped = e.get("paired_with_shipped") or (None if ensemble else paired_with(e, entries, SHIPPED))
+            if shipped:
                 versus += f"; vs {SHIPPED}: " + paired_cell(shipped)
             if e.get("paired_with_shipped_bf16"):
                 versus += f"; vs {SHIPPED_BF16}: " + paired_cell(e["paired_with_shipped_bf16"])
+            if ensemble:
+                versus += "".join(f"; vs {k}: {paired_cell(v)}" for k, v in e.get("paired_with_members", {}).items())
         else:
             versus = "; ".join(f"vs {k}: {paired_cell(v)}" for k, v in e.get("paired_with_members", {}).items())
         kind = "AMX" if e["cpu"]["amx_bf16"] else ("AVX512-BF16" if e["cpu"]["avx512_bf16"] else "no AVX512-BF16")
