@@ -26,6 +26,8 @@ class TableScorer:
     def score_prompts(self, prompts, on_progress=None):
         rows = [p[0] for p in prompts]
         self.scored += rows
+        if on_progress:
+            on_progress(len(rows))
         return LabelScores(LABELS, self.table[rows].copy())
 
 
@@ -111,6 +113,11 @@ def test_the_cascade_steps_aside_when_most_passages_need_rescoring():
     fast_scorer = scorer.fast
     assert len(fast_scorer.scored) == 32 + 64  # the probe and the first block; the rest never scored in bf16
     assert sorted(exact_scorer.scored[:32]) == sorted(fast_scorer.scored[:32]) == probe_positions(400).tolist()
+    assert len(exact_scorer.scored) == 400  # the probe, then one fp32 call: the 64 sent back and the other 304
+    progress = []
+    fresh = MarginCascade(TableScorer(exact), TableScorer(fast), encode=lambda i: [i])
+    fresh.score_prompts([[i] for i in range(400)], on_progress=progress.append)
+    assert sum(progress) == 400  # a progress bar reaches its end
 
     clear = rng.normal(0, 6, size=(400, len(LABELS)))  # clear margins: few close calls, the cascade stays
     _, scorer, _ = run_cascade(clear, clear + rng.uniform(-0.01, 0.01, size=clear.shape),

@@ -19,8 +19,8 @@ close can change its label. The cascade keeps the fp32 labels:
 A passage outside the bound keeps its bf16 scores: for its label to differ from fp32, bf16 would have to move
 a difference of two scores by more than SAFETY times the largest such move seen on the probe.
 4. when most passages need rescoring (MAX_RESCORED_SHARE), the cascade steps aside: fp32 alone from then on.
-   It judges after each block of STEP_ASIDE_AFTER passages, so a long call (a 1,000-row predict chunk) is not
-   scored twice over before it can step aside.
+   It judges after each block of a call (64 passages, then blocks as long as all bf16-scored so far), so a long
+   call (a 1,000-row predict chunk) is not scored twice over before it can step aside.
 
 Where bf16 is not faster the compute plan never builds a cascade (precision.resolve_plan,
 evaluation.bf16_cascade); tests force it on any CPU.
@@ -168,13 +168,33 @@ class MarginCascade:
             positions = np.setdiff1d(positions, probe)
             if on_progress:
                 on_progress(len(probe))
-        # in blocks, so that a long call (a predict chunk) is judged for stepping aside as it goes
-        for start in range(0, len(positions), STEP_ASIDE_AFTER):
-            block = positions[start:start + STEP_ASIDE_AFTER]
-            scored = self.score_block([prompts[i] for i in block], on_progress)
+        # bf16 in blocks, so that a long call (a predict chunk) is judged for stepping aside as it goes: 64
+        # passages, then as many as the cascade has scored in bf16 so far (judged often at first, in long calls
+        # later). The fp32 work is one call at the end: the passages the bound sends back, and once the cascade
+        # has stepped aside the rest of the call (one call batches and sorts by length as a whole).
+        in_fp32, unreported = [], 0
+        start = 0
+        while start < len(positions):
+            if tally.stepped_aside:
+                unreported = len(positions) - start
+                tally.fp32_only += unreported
+                in_fp32.append(positions[start:])
+                break
+            block = positions[start:start + max(STEP_ASIDE_AFTER, tally.fast_passages)]
+            start += len(block)
+            fast = self.fast.score_prompts([prompts[i] for i in block], on_progress)
             if scores is None:
-                labels, scores = scored.labels, np.empty((len(prompts), scored.scores.shape[1]))
-            scores[block] = scored.scores
+                labels, scores = fast.labels, np.empty((len(prompts), fast.scores.shape[1]))
+            scores[block] = fast.scores
+            in_fp32.append(block[self.needs_fp32(fast.scores)])
+        in_fp32 = np.concatenate(in_fp32) if in_fp32 else np.zeros(0, dtype=int)
+        if len(in_fp32):
+            exact = self.exact.score_prompts([prompts[i] for i in in_fp32])
+            if scores is None:
+                labels, scores = exact.labels, np.empty((len(prompts), exact.scores.shape[1]))
+            scores[in_fp32] = exact.scores
+        if on_progress and unreported:
+            on_progress(unreported)
         return LabelScores(labels, scores)
 
     def measure_bound(self, fast: np.ndarray, exact: np.ndarray) -> None:
@@ -185,26 +205,18 @@ class MarginCascade:
                  "%.4f; passages with a bf16 margin under %.4f are rescored in fp32",
                  len(fast), tally.largest_change, tally.bound)
 
-    def score_block(self, prompts: list, on_progress: Callable[[int], None] | None) -> LabelScores:
-        """bf16 scores, with fp32 ones for the passages whose margin or probabilities the bound could change; fp32
-        alone once the cascade has stepped aside."""
+    def needs_fp32(self, fast_scores: np.ndarray) -> np.ndarray:
+        """Which of a block's bf16-scored passages the bound could change (a close margin, or probabilities it
+        could move too far), counted in the tally; after enough of them, whether the cascade steps aside."""
         tally = self.tally
-        if tally.stepped_aside:
-            tally.fp32_only += len(prompts)
-            return self.exact.score_prompts(prompts, on_progress)
-        fast = self.fast.score_prompts(prompts, on_progress)
-        scores = fast.scores.copy()
-        adjusted = scores if self.offset is None else scores + self.offset[None, :]
+        adjusted = fast_scores if self.offset is None else fast_scores + self.offset[None, :]
         close = ((top_margins(adjusted) <= tally.bound)
                  | sensitive_probabilities(adjusted, self.temperature, tally.largest_change))
-        uncertain = np.flatnonzero(close)
-        if len(uncertain):
-            scores[uncertain] = self.exact.score_prompts([prompts[i] for i in uncertain]).scores
-        tally.fast_passages += len(prompts)
-        tally.rescored += len(uncertain)
+        tally.fast_passages += len(fast_scores)
+        tally.rescored += int(close.sum())
         if tally.fast_passages >= STEP_ASIDE_AFTER and tally.rescored > MAX_RESCORED_SHARE * tally.fast_passages:
             tally.stepped_aside = True
             log.warning("bf16 margin cascade: %d of %d passages scored in bf16 needed fp32 again (their labels' "
                         "margins are close), so the cascade is no faster than fp32 for this model; scoring the "
                         "rest in fp32 alone", tally.rescored, tally.fast_passages)
-        return LabelScores(fast.labels, scores)
+        return close
