@@ -11,8 +11,10 @@ call and every batch continues from their keys and values, the cascade as the pl
 same corpus (the first --rows passages of dev_data.csv, cycled with unique ids past its 150) with `framesft
 predict` in a new process, as a user runs it: start-up, model loading, reading, scoring and writing all in the
 wall time. They are interleaved over --rounds rounds, so a machine that slows down in between slows all; the
-figures are ratios of the medians. Labels are compared with fp32_whole_prompts'. Records the CPU (model, flags,
-matmul roofs measured in the same session) and appends to benchmarks/results/predict_prefix.json.
+figures are ratios of the medians. Labels are compared with fp32_whole_prompts'. Each round also times each copy
+predicting one passage: the start-up (imports, compute plan, model, adapter, merge, the cascade's bf16 copy) that
+a short corpus pays in full. Records the CPU (model, flags, matmul roofs measured in the same session) and appends
+to benchmarks/results/predict_prefix.json.
 """
 
 from __future__ import annotations
@@ -77,12 +79,17 @@ def main() -> None:
     corpus = work / "corpus.parquet"
     pd.DataFrame({"chunk_id": [f"c{i}" for i in range(args.rows)],
                   "chunk_text": [texts[i % len(texts)] for i in range(args.rows)]}).to_parquet(corpus)
+    one_passage = work / "one.parquet"
+    pd.DataFrame({"chunk_id": ["c0"], "chunk_text": texts[:1]}).to_parquet(one_passage)
     runs = {name: copy_run(args.run, work / f"run-{name}", evaluation) for name, evaluation in VARIANTS.items()}
     seconds: dict[str, list[float]] = {name: [] for name in runs}
+    startup: dict[str, list[float]] = {name: [] for name in runs}
     for round_ in range(args.rounds):
         for name in list(runs) if round_ % 2 == 0 else list(runs)[::-1]:
             seconds[name].append(predict(runs[name], corpus, work / f"out-{name}.parquet"))
-            print(f"round {round_ + 1}, {name}: {args.rows / seconds[name][-1]:.2f} passages/s", flush=True)
+            startup[name].append(predict(runs[name], one_passage, work / f"one-{name}.parquet"))
+            print(f"round {round_ + 1}, {name}: {args.rows / seconds[name][-1]:.2f} passages/s, "
+                  f"{startup[name][-1]:.1f} s for one passage", flush=True)
     labels = {name: pd.read_parquet(work / f"out-{name}.parquet")["predicted"].tolist() for name in runs}
     same = {name: sum(a == b for a, b in zip(labels["fp32_whole_prompts"], labels[name])) for name in runs}
     rate = {name: args.rows / statistics.median(values) for name, values in seconds.items()}
@@ -98,6 +105,7 @@ def main() -> None:
         "same_labels": f"{same['shared_prefix']}/{args.rows}",
         "same_labels_as_fp32_whole_prompts": {name: f"{n}/{args.rows}" for name, n in same.items()},
         "wall_seconds": {name: [round(s, 1) for s in values] for name, values in seconds.items()},
+        "one_passage_seconds": {name: [round(s, 1) for s in values] for name, values in startup.items()},
         "cpu": {"model": cpu.model, "kind": cpu.kind, "fp32_gflops": cpu.fp32_gflops, "bf16_gflops": cpu.bf16_gflops},
         "date": time.strftime("%Y-%m-%d"),
     }

@@ -1,5 +1,6 @@
 """The bf16 margin cascade (cascade.py): fp32 labels from bf16 scores plus fp32 rescoring near the decision."""
 
+import copy
 
 import numpy as np
 import pandas as pd
@@ -194,6 +195,24 @@ def test_cascade_over_a_bf16_copy_gives_the_fp32_labels(tiny_fp32, tokenizer):
     got = scorer.score_prompts(prompts).scores
     assert ((got + offset).argmax(1) == labels).all()
     assert 0 < scorer.tally.largest_change < 1 and scorer.tally.fast_passages == len(prompts) - 32
+
+
+def test_the_bf16_copy_is_the_converted_deep_copy_with_its_ties(tiny_fp32):
+    fast = bf16_copy(tiny_fp32)
+    expected = copy.deepcopy(tiny_fp32).to(torch.bfloat16)
+    got = {**fast.state_dict(), **dict(fast.named_buffers())}  # buffers that state_dict leaves out as well
+    want = {**expected.state_dict(), **dict(expected.named_buffers())}
+    assert got.keys() == want.keys()
+    for name, tensor in want.items():
+        assert got[name].dtype == tensor.dtype and torch.equal(got[name], tensor), name
+    originals = dict(tiny_fp32.named_parameters())
+    for name, parameter in fast.named_parameters():
+        assert parameter.dtype == torch.bfloat16 and parameter.data_ptr() != originals[name].data_ptr()
+        assert parameter.requires_grad == originals[name].requires_grad
+    assert next(tiny_fp32.parameters()).dtype == torch.float32
+    tied = tiny_fp32.get_input_embeddings().weight is tiny_fp32.get_output_embeddings().weight
+    assert (fast.get_input_embeddings().weight is fast.get_output_embeddings().weight) == tied
+    assert not fast.training
 
 
 @pytest.mark.parametrize("kind, expected", [("amx", True), ("avx512_bf16", False), ("avx2", False)])
