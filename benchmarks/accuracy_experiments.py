@@ -24,7 +24,8 @@ with:
 Every recipe tried is kept, helpful or not: entries are appended, never replaced.
 
 `--summary` prints the table of all entries (per recipe: mean over seeds, and the paired differences); `--pooled
-RECIPE` averages its paired gain over default across the seeds both ran (one bootstrap over the passages);
+RECIPE [--against RECIPE2]` averages its paired gain over default (or RECIPE2) across the seeds both ran (one
+bootstrap over the passages; RECIPE may be an ensemble of one-seed runs, by its name `ensemble:A+B+...`);
 `--ensemble RECIPE` scores a recipe's seeds as one ensemble, `--ensemble A@43 B@43 C@43` runs of different
 recipes, from the probabilities in the JSON (no training).
 """
@@ -330,21 +331,31 @@ def ensemble_entry(specs: list[str], budget: str, entries: list[dict]) -> dict:
     return entry
 
 
-def pooled_over_seeds(recipe: str, budget: str, entries: list[dict], n_resamples: int = 10_000) -> dict:
-    """The recipe's gain over `default`, averaged over every seed both were trained with: the mean of the per-seed
-    F1 macro differences, with a paired bootstrap 95% interval that resamples the same passages for every seed
-    (so the seeds' own spread is averaged, not counted as evidence)."""
-    seeds = sorted({e["seed"] for e in entries if e["recipe"] == recipe and e["budget"] == budget})
+def single_seed(entry: dict) -> int | None:
+    """An entry's seed; for an ensemble of runs of one seed (RECIPE@SEED members) that seed, else None."""
+    seed = entry["seed"]
+    if isinstance(seed, list):
+        return seed[0] if len(set(seed)) == 1 else None
+    return seed
+
+
+def pooled_over_seeds(recipe: str, budget: str, entries: list[dict], against: str = "default",
+                      n_resamples: int = 10_000) -> dict:
+    """The recipe's gain over `against` (the baseline, or the shipped recipe), averaged over every seed both were
+    trained with: the mean of the per-seed F1 macro differences, with a paired bootstrap 95% interval that
+    resamples the same passages for every seed (so the seeds' own spread is averaged, not counted as evidence).
+    `recipe` may be an ensemble of runs of one seed (its recipe name, `ensemble:A+B+...`): one entry per seed."""
+    seeds = sorted({single_seed(e) for e in entries if e["recipe"] == recipe and e["budget"] == budget} - {None})
     pairs = []
     for seed in seeds:
         mine = next(e for e in reversed(entries)
-                    if e["recipe"] == recipe and e["seed"] == seed and e["budget"] == budget)
-        base = next((e for e in reversed(entries) if e["recipe"] == "default" and e["seed"] == seed
+                    if e["recipe"] == recipe and single_seed(e) == seed and e["budget"] == budget)
+        base = next((e for e in reversed(entries) if e["recipe"] == against and e["seed"] == seed
                      and e["budget"] == budget and e["dev_truth"] == mine["dev_truth"]), None)
         if base is not None:
             pairs.append((seed, mine, base))
     if len(pairs) < 2:
-        raise SystemExit(f"--pooled {recipe}: needs at least two seeds trained with both it and default "
+        raise SystemExit(f"--pooled {recipe}: needs at least two seeds trained with both it and {against} "
                          f"(have {[seed for seed, _, _ in pairs]})")
     truth, labels = pairs[0][1]["dev_truth"], pairs[0][1]["labels"]
     samples = resample_indices(len(truth), n_resamples, seed=0)
@@ -353,10 +364,13 @@ def pooled_over_seeds(recipe: str, budget: str, entries: list[dict], n_resamples
                      for _, mine, base in pairs], axis=0)
     point = np.mean([mine["dev_f1_macro"] - base["dev_f1_macro"] for _, mine, base in pairs])
     alpha = np.mean([mine["alpha"] - base["alpha"] for _, mine, base in pairs])
-    return {"recipe": recipe, "budget": budget, "seeds": [seed for seed, _, _ in pairs],
+    return {"recipe": recipe, "against": against, "budget": budget, "seeds": [seed for seed, _, _ in pairs],
             "f1_macro_difference": round(float(point), 4),
             "ci95": [round(float(np.percentile(diffs, 2.5)), 3), round(float(np.percentile(diffs, 97.5)), 3)],
-            "alpha_difference": round(float(alpha), 4), "resamples": n_resamples, "date": time.strftime("%Y-%m-%d")}
+            "alpha_difference": round(float(alpha), 4),
+            "mean_f1_macro": round(float(np.mean([mine["dev_f1_macro"] for _, mine, _ in pairs])), 4),
+            "mean_alpha": round(float(np.mean([mine["alpha"] for _, mine, _ in pairs])), 4),
+            "resamples": n_resamples, "date": time.strftime("%Y-%m-%d")}
 
 
 def load_entries() -> list[dict]:
@@ -425,8 +439,11 @@ def main() -> None:
                              "RECIPE@SEED: that seed's entry; several recipes: runs of different recipes), "
                              "append it, stop")
     parser.add_argument("--pooled", metavar="RECIPE",
-                        help="the recipe's gain over default averaged over the seeds both ran (paired bootstrap), "
+                        help="the recipe's gain over default (or --against) averaged over the seeds both ran "
+                             "(paired bootstrap; an ensemble of one-seed runs by its recipe name, ensemble:A+B...), "
                              "append it to the JSON's `pooled` list, stop")
+    parser.add_argument("--against", metavar="RECIPE", default="default",
+                        help="with --pooled: the recipe to compare with (default: the baseline `default`)")
     args = parser.parse_args()
     if args.list:
         for name, recipe in RECIPES.items():
@@ -436,11 +453,13 @@ def main() -> None:
         print(summary_table(load_entries()))
         return
     if args.pooled:
-        result = pooled_over_seeds(args.pooled, budget_name(args.max_steps), load_entries())
+        result = pooled_over_seeds(args.pooled, budget_name(args.max_steps), load_entries(), args.against)
         save_entries(load_entries(), [*load_pooled(), result])
         low, high = result["ci95"]
-        print(f"{args.pooled} vs default over seeds {result['seeds']}: F1 macro {result['f1_macro_difference']:+.3f} "
-              f"(95% CI {low:+.3f}, {high:+.3f}), alpha {result['alpha_difference']:+.3f}")
+        print(f"{args.pooled} vs {args.against} over seeds {result['seeds']}: F1 macro "
+              f"{result['f1_macro_difference']:+.3f} (95% CI {low:+.3f}, {high:+.3f}), alpha "
+              f"{result['alpha_difference']:+.3f}; its mean F1 macro {result['mean_f1_macro']:.3f}, alpha "
+              f"{result['mean_alpha']:.3f}")
         return
     if args.ensemble:
         entries = load_entries()
