@@ -75,6 +75,24 @@ class Recipe:
     needs_bf16_training: bool = False
 
 
+# Fuller label definitions for the codebook-wording recipe: the shipped one-liners (configs/gemma3-brexit.yaml)
+# spelled out after Neuman, Just & Crigler's descriptions of the five frames, with no cue taken from dev passages.
+# Fixed (commit message) before the recipe was trained.
+CODEBOOK = {
+    "Conflict": "disagreement, dispute or competition between parties, factions, politicians, governments, nations "
+                "or institutions: attacks, accusations, blame, winners and losers",
+    "Moral Value": "an argument from principle or morality: duty, honesty, trust, fairness, democracy, moral or "
+                   "religious tenets, and what is right or wrong to do",
+    "Economic": "money and the economy: trade, tariffs, markets, businesses, jobs, wages, growth, investment, public "
+                "spending, costs and financial gains or losses",
+    "Powerlessness": "people, groups, regions, nations or Parliament lacking control, voice or influence: decisions "
+                     "imposed by stronger forces, being ignored, excluded or left without a say",
+    "Human Impact": "how individuals, families and communities are affected in their lives: personal stories, "
+                    "health, safety, rights, hardship, fear and wellbeing",
+    "None": "the procedure and business of the House (points of order, timetables, thanks, questions of process) "
+            "or no clear frame",
+}
+
 RECIPES = {
     "default": Recipe("the campaign's baseline: configs/gemma3-brexit.yaml as shipped until 2026-12-01 (all 3,006 "
                       "rows, 1 epoch, lr 2e-4, LoRA r 16, label definitions)"),
@@ -116,6 +134,10 @@ RECIPES = {
     "originals-2ep-no-definitions": Recipe("originals-2ep with the prompt's label list but without the label "
                                            "definitions", ["training.num_epochs=2", "prompt.label_definitions={}"],
                                            training_rows="originals"),
+    "originals-2ep-codebook": Recipe("originals-2ep with fuller label definitions (CODEBOOK: Neuman, Just & Crigler's "
+                                     "frames spelled out, about twice the words of the shipped one-liners)",
+                                     ["training.num_epochs=2", f"prompt.label_definitions={json.dumps(CODEBOOK)}"],
+                                     training_rows="originals"),
     "originals-2ep-tapt0.3": Recipe("task-adaptive pretraining over 0.3 of an epoch of the 1,547 original training "
                                     "passages (labels unread), then originals-2ep from that adapter",
                                     ["training.num_epochs=2"], training_rows="originals", pretrain_epochs=0.3),
