@@ -93,6 +93,9 @@ CODEBOOK = {
             "or no clear frame",
 }
 
+# The shipped label order (configs/gemma3-brexit.yaml data.label2id).
+LABEL_ORDER = ["Conflict", "Moral Value", "Economic", "Powerlessness", "Human Impact", "None"]
+
 RECIPES = {
     "default": Recipe("the campaign's baseline: configs/gemma3-brexit.yaml as shipped until 2026-12-01 (all 3,006 "
                       "rows, 1 epoch, lr 2e-4, LoRA r 16, label definitions)"),
@@ -138,6 +141,13 @@ RECIPES = {
                                      "frames spelled out, about twice the words of the shipped one-liners)",
                                      ["training.num_epochs=2", f"prompt.label_definitions={json.dumps(CODEBOOK)}"],
                                      training_rows="originals"),
+    # The label order of the prompt's list (and of label2id): reversed, None first, Conflict last. Whether the
+    # position of a label in the list moves the model's choices; adopted only if it wins over two seeds.
+    "originals-2ep-labels-reversed": Recipe("originals-2ep with the prompt's label list in reverse order (None, "
+                                            "Human Impact, Powerlessness, Economic, Moral Value, Conflict)",
+                                            ["training.num_epochs=2", "data.label2id=" + json.dumps(
+                                                {label: i for i, label in enumerate(reversed(LABEL_ORDER))})],
+                                            training_rows="originals"),
     "originals-2ep-tapt0.3": Recipe("task-adaptive pretraining over 0.3 of an epoch of the 1,547 original training "
                                     "passages (labels unread), then originals-2ep from that adapter",
                                     ["training.num_epochs=2"], training_rows="originals", pretrain_epochs=0.3),
