@@ -11,7 +11,8 @@ bootstrap, McNemar). Variants (log p: the run's calibrated log-probabilities, st
 benchmarks/results/accuracy_experiments.json):
 - temperature: softmax(log p / T); the argmax never changes, so only calibration can move (ECE);
 - prior: softmax(log p + log pi_coded - log pi_train), pi_coded the label shares of the coding folds (add-one),
-  pi_train the training file's (uniform here): the textbook correction for a known label shift;
+  pi_train the label shares of the file the run trained on (uniform for train_data.csv, 501 rows per label; not
+  for one row per paraphrase group): the textbook correction for a known label shift;
 - bias: softmax(log p / T + b) with T and one bias per label fitted by maximum likelihood (L2 penalty on b), a
   per-label shift learnt from the coded passages (vector scaling without the matrix).
 Fold assignments are stratified by label and repeated over several seeds; each repetition is a complete
@@ -60,7 +61,17 @@ CONTINUATIONS = {
 }
 
 
-def adapt(variant: str, log_p_fit, truth_fit, log_p_apply, k: int, penalty: float) -> np.ndarray:
+def training_prior(entry: dict) -> np.ndarray:
+    """The label shares of the training file the entry's recipe used (accuracy_experiments.training_file), in the
+    entry's label order."""
+    from accuracy_experiments import training_file  # the sibling script: the same file the recipe trained on
+
+    counts = read(training_file(entry.get("training_rows", "all")))["frame_name"].value_counts()
+    return np.array([counts.get(label, 0) for label in entry["labels"]], dtype=float) / counts.sum()
+
+
+def adapt(variant: str, log_p_fit, truth_fit, log_p_apply, k: int, penalty: float,
+          train_prior: np.ndarray | None = None) -> np.ndarray:
     """Adapted log-probabilities of the held-out fold, from what the coding folds teach."""
     if variant == "none":
         return log_p_apply
@@ -68,7 +79,8 @@ def adapt(variant: str, log_p_fit, truth_fit, log_p_apply, k: int, penalty: floa
         return log_softmax(log_p_apply / fit_temperature(log_p_fit, truth_fit), axis=1)
     if variant == "prior":
         coded = (np.bincount(truth_fit, minlength=k) + 1) / (len(truth_fit) + k)
-        return log_softmax(log_p_apply + np.log(coded) - np.log(np.full(k, 1 / k)), axis=1)
+        trained = np.full(k, 1 / k) if train_prior is None else train_prior
+        return log_softmax(log_p_apply + np.log(coded) - np.log(trained), axis=1)
     if variant == "bias":
         t, bias = fit_temperature_and_bias(log_p_fit, truth_fit, penalty)  # what `framesft adapt` fits
         return log_softmax(log_p_apply / t + bias, axis=1)
@@ -80,10 +92,11 @@ def crossfit(entry: dict, variant: str, folds: int, seed: int, penalty: float) -
     truth = np.array([labels.index(y) for y in entry["dev_truth"]])
     log_p = np.log(np.clip(np.array(entry["dev_probabilities"]), 1e-12, 1))
     adapted = np.zeros_like(log_p)
+    train_prior = training_prior(entry) if variant == "prior" else None
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     for fit_rows, apply_rows in splitter.split(log_p, truth):
         adapted[apply_rows] = adapt(variant, log_p[fit_rows], truth[fit_rows], log_p[apply_rows], len(labels),
-                                    penalty)
+                                    penalty, train_prior)
     return adapted
 
 
