@@ -14,14 +14,17 @@ SAMPLE_DATA = Path(__file__).resolve().parents[1] / "src" / "framesft" / "resour
 FRAMES = ["Conflict", "Moral Value", "Economic", "Powerlessness", "Human Impact", "None"]
 
 
-# The CPU kinds framesft meets, as the compute plan sees them: flags and the matmul rates measured on 2 cores
-# (GFLOP/s). AMX: Sapphire Rapids; AVX512-BF16 without AMX: the Xeons the CPU work was tuned on; AVX2 only: the
-# AMD EPYC some of these machines have, where torch emulates bf16. (An AMD Zen 5 EPYC has the avx512_bf16 flag
-# without AMX yet measures bf16 989 / fp32 219: the plan takes the amx kind's path there.)
+# The CPU kinds framesft meets, as the compute plan sees them: flags, the matmul rates measured on 2 cores and an
+# fp32 linear layer's rates through ATen (MKL) and oneDNN (GFLOP/s). AMX: Sapphire Rapids; AVX512-BF16 without
+# AMX: the Xeons the CPU work was tuned on; AVX2 only: the AMD EPYC some of these machines have, where torch
+# emulates bf16; Zen 5: an AMD EPYC with the avx512_bf16 flag and no AMX whose bf16 matmul runs 4.5x fp32 and whose
+# oneDNN fp32 linear layer runs about 2.4x MKL's (2026-12-01). The oneDNN rates of the other kinds were not measured
+# there: set level with ATen, the plan keeps ATen.
 CPU_KINDS = {
-    "amx": ({"avx512_bf16", "amx_bf16"}, {"float32": 195.0, "bfloat16": 734.0}),
-    "avx512_bf16": ({"avx512_bf16"}, {"float32": 310.0, "bfloat16": 160.0}),
-    "avx2": (set(), {"float32": 146.0, "bfloat16": 0.5}),
+    "amx": ({"avx512_bf16", "amx_bf16"}, {"float32": 195.0, "bfloat16": 734.0}, {"aten": 195.0, "onednn": 195.0}),
+    "avx512_bf16": ({"avx512_bf16"}, {"float32": 310.0, "bfloat16": 160.0}, {"aten": 310.0, "onednn": 310.0}),
+    "avx2": (set(), {"float32": 146.0, "bfloat16": 0.5}, {"aten": 146.0, "onednn": 146.0}),
+    "zen5": ({"avx512_bf16"}, {"float32": 219.0, "bfloat16": 989.0}, {"aten": 219.0, "onednn": 520.0}),
 }
 
 
@@ -31,9 +34,10 @@ def simulate_cpu(monkeypatch, kind: str) -> None:
 
     import framesft.precision as precision
 
-    flags, rates = CPU_KINDS[kind]
+    flags, rates, linear_rates = CPU_KINDS[kind]
     monkeypatch.setattr(precision, "cpu_flags", lambda: set(flags))
     monkeypatch.setattr(precision, "cpu_matmul_rates", lambda: {getattr(torch, k): v for k, v in rates.items()})
+    monkeypatch.setattr(precision, "cpu_fp32_linear_rates", lambda: dict(linear_rates))
 
 
 def pytest_addoption(parser):
@@ -52,12 +56,13 @@ def cpu_kind(request, tmp_path_factory):
     if kind == "native":
         yield kind
         return
-    flags, rates = CPU_KINDS[kind]
+    flags, rates, linear_rates = CPU_KINDS[kind]
     startup = tmp_path_factory.mktemp("cpu-kind")
     (startup / "sitecustomize.py").write_text(
         "import torch\nimport framesft.precision as precision\n"
         f"precision.cpu_flags = lambda: {set(flags)!r}\n"
-        f"precision.cpu_matmul_rates = lambda: {{getattr(torch, k): v for k, v in {rates!r}.items()}}\n")
+        f"precision.cpu_matmul_rates = lambda: {{getattr(torch, k): v for k, v in {rates!r}.items()}}\n"
+        f"precision.cpu_fp32_linear_rates = lambda: {linear_rates!r}\n")
     with pytest.MonkeyPatch.context() as patch:
         simulate_cpu(patch, kind)
         patch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(startup), os.environ.get("PYTHONPATH")])))

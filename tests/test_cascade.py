@@ -215,7 +215,7 @@ def test_the_bf16_copy_is_the_converted_deep_copy_with_its_ties(tiny_fp32):
     assert not fast.training
 
 
-@pytest.mark.parametrize("kind, expected", [("amx", True), ("avx512_bf16", False), ("avx2", False)])
+@pytest.mark.parametrize("kind, expected", [("amx", True), ("avx512_bf16", False), ("avx2", False), ("zen5", False)])
 def test_the_plan_cascades_where_bf16_is_faster(monkeypatch, tiny_model_dir, tmp_path, kind, expected):
     from conftest import simulate_cpu, tiny_config
     from framesft.errors import ConfigError

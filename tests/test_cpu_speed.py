@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -108,6 +109,7 @@ ALL_FUSED = ("sparse_dropout", "fused_lora", "fused_norms", "fused_rotary")
     ("amx", "bfloat16", "bf16", ALL_FUSED),          # bf16 3.8x fp32: bf16 weights, autocast
     ("avx512_bf16", "float32", None, ALL_FUSED),      # bf16 half of fp32: fp32 and the fused operations
     ("avx2", "float32", None, ALL_FUSED),             # no native bf16: never bf16
+    ("zen5", "bfloat16", "bf16", ALL_FUSED),          # AMD Zen 5: bf16 4.5x fp32, as AMX
 ])
 def test_compute_plan_follows_the_measured_cpu(monkeypatch, tiny_model_dir, tmp_path, kind, training_weights,
                                                 autocast, fused):
@@ -367,3 +369,139 @@ def test_cli_processes_plan_for_the_simulated_cpu(cpu_kind, tmp_path):
     assert done.stdout.split("]")[0] + "]" == str(sorted(expected & {"amx_bf16", "avx512_bf16"}))
     if cpu_kind == "amx":
         assert done.stdout.strip().endswith("True")
+
+
+# ------------------------------------------------------------------ fp32 scoring's linear layers through oneDNN
+
+
+def count_onednn_calls(monkeypatch) -> list[int]:
+    """Counts the calls of precision.onednn_linear (through which a routed layer computes) from now on."""
+    import framesft.precision as precision
+
+    calls, route = [0], precision.onednn_linear
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return route(*args, **kwargs)
+
+    monkeypatch.setattr(precision, "onednn_linear", counted)
+    return calls
+
+
+def test_onednn_linear_layers_score_as_the_stock_ones(tiny_model_dir, tmp_path, monkeypatch):
+    """Routed through oneDNN, every nn.Linear of a scoring model gives fp32 results: the same labels and scores up
+    to float rounding as ATen's; the weights are the same tensors (tied ones stay tied)."""
+    from conftest import tiny_config
+    from framesft.methods import build_method
+    from framesft.modeling import load_base_model, load_tokenizer
+    from framesft.precision import resolve_plan, use_onednn_linears
+
+    config = tiny_config(tiny_model_dir, tmp_path / "run")
+    config.evaluation.onednn_linears = False
+    model = load_base_model(config, tiny_model_dir, resolve_plan(config, torch.device("cpu")), for_training=False)
+    model.eval()
+    labels = ["Conflict", "Economic", "None"]
+    scorer = build_method(config, load_tokenizer(tiny_model_dir, False), labels).scorer(model)
+    texts = pd.read_csv(SAMPLE_DATA / "test.csv", keep_default_na=False)["chunk_text"].tolist()[:24]
+    calls = count_onednn_calls(monkeypatch)
+    stock = scorer.score_texts(texts).scores
+    assert calls[0] == 0
+    weights = {name: p.data_ptr() for name, p in model.named_parameters()}
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    assert use_onednn_linears(model) == len(linears) > 0
+    routed = scorer.score_texts(texts).scores
+    assert calls[0] >= len(linears)
+    assert {name: p.data_ptr() for name, p in model.named_parameters()} == weights
+    assert np.array_equal(routed.argmax(axis=1), stock.argmax(axis=1))
+    assert np.abs(routed - stock).max() < 1e-4 * max(1.0, np.abs(stock).max())
+
+
+def test_a_onednn_linear_layer_steps_aside_where_it_would_compute_something_else():
+    """bf16 inputs and anything autograd must differentiate take the stock forward, bit for bit."""
+    from framesft.precision import use_onednn_linears
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(16, 8)
+    stock = torch.nn.Linear(16, 8)
+    stock.load_state_dict(layer.state_dict())
+    use_onednn_linears(layer)
+    x = torch.randn(3, 5, 16)
+    with torch.inference_mode():
+        assert torch.allclose(layer(x), stock(x), rtol=1e-5, atol=1e-6)
+    trained = layer(x.requires_grad_())  # gradients wanted: ATen's forward, with its backward
+    assert torch.equal(trained, stock(x)) and trained.grad_fn is not None
+    trained.sum().backward()
+    assert layer.weight.grad is not None
+    bf16 = layer.to(torch.bfloat16)
+    stock = stock.to(torch.bfloat16)
+    with torch.inference_mode():
+        assert torch.equal(bf16(x.detach().bfloat16()), stock(x.detach().bfloat16()))
+
+
+def test_a_onednn_result_that_is_not_fp32_is_never_taken(monkeypatch):
+    """The probe compares oneDNN's result with ATen's: a build that rounded fp32 inputs to bf16 (allowed under
+    torch's bf16 matmul precision) measures 0 and the plan keeps ATen, however fast it is."""
+    import framesft.precision as precision
+
+    assert precision.measure_linear_gflops("onednn", size=256) > 0  # oneDNN's fp32 result passes on this CPU
+    rounding = lambda x, weight, bias=None: torch.nn.functional.linear(x.bfloat16(), weight.bfloat16()).float()
+    monkeypatch.setattr(precision, "onednn_linear", rounding)
+    assert precision.measure_linear_gflops("onednn", size=256) == 0.0
+    precision.cpu_fp32_linear_rates.cache_clear()
+    try:
+        assert precision.cpu_fp32_linear_rates()["onednn"] == 0.0 and not precision.cpu_prefers_onednn_fp32()
+    finally:
+        precision.cpu_fp32_linear_rates.cache_clear()
+
+
+@pytest.mark.parametrize("kind, onednn, cascade", [
+    ("zen5", True, False),          # oneDNN fp32 2.4x MKL: bf16 is then 1.9x fp32 scoring, too little to cascade
+    ("amx", False, True),           # oneDNN level with MKL; bf16 3.8x fp32: the cascade
+    ("avx512_bf16", False, False),
+    ("avx2", False, False),
+])
+def test_the_plan_routes_fp32_scoring_through_onednn_where_it_measures_faster(monkeypatch, tiny_model_dir, tmp_path,
+                                                                              kind, onednn, cascade):
+    from conftest import simulate_cpu, tiny_config
+    from framesft.errors import ConfigError
+    from framesft.precision import resolve_plan
+
+    simulate_cpu(monkeypatch, kind)
+    cpu = torch.device("cpu")
+    config = tiny_config(tiny_model_dir, tmp_path / "run", bf16=True)
+    plan = resolve_plan(config, cpu)
+    assert (plan.onednn_linears, plan.scoring_cascade, plan.scoring_weights) == (onednn, cascade, "float32")
+    assert ("oneDNN linear layers" in plan.line()) is onednn
+    assert plan.to_dict()["cpu"]["fp32_linear_gflops"]["onednn"] > 0
+    config.evaluation.onednn_linears = False  # never: on Zen 5 the cascade pays again against MKL's fp32
+    plan = resolve_plan(config, cpu)
+    assert not plan.onednn_linears and plan.scoring_cascade is (kind in ("zen5", "amx"))
+    assert plan.cpu.fp32_linear_gflops is None  # not measured where nothing depends on it
+    config.evaluation.onednn_linears = True  # always: on every CPU
+    assert resolve_plan(config, cpu).onednn_linears
+    config.model.dtype = "bfloat16"
+    with pytest.raises(ConfigError, match="evaluation.onednn_linears is true but model.dtype is bfloat16"):
+        resolve_plan(config, cpu)
+    config.evaluation.onednn_linears = None  # bf16 weights: nothing to route
+    assert not resolve_plan(config, cpu).onednn_linears
+
+
+def test_corpus_prediction_through_onednn_has_the_aten_labels(trained_run, tmp_path, monkeypatch):
+    from conftest import simulate_cpu
+    from framesft.corpus import predict_corpus
+
+    texts = pd.read_csv(SAMPLE_DATA / "test.csv", keep_default_na=False)
+    corpus = tmp_path / "corpus.csv"
+    texts[["chunk_text"]].to_csv(corpus, index=False)
+    calls = count_onednn_calls(monkeypatch)
+    simulate_cpu(monkeypatch, "avx2")  # ATen's fp32
+    predict_corpus(trained_run.run_dir, corpus, tmp_path / "aten.csv", show_progress=False)
+    assert calls[0] == 0
+    simulate_cpu(monkeypatch, "zen5")  # oneDNN's fp32, no cascade
+    predict_corpus(trained_run.run_dir, corpus, tmp_path / "onednn.csv", show_progress=False)
+    assert calls[0] > 0
+    aten = pd.read_csv(tmp_path / "aten.csv", keep_default_na=False)
+    routed = pd.read_csv(tmp_path / "onednn.csv", keep_default_na=False)
+    assert list(routed["predicted"]) == list(aten["predicted"])
+    probabilities = [c for c in aten.columns if c.startswith("p_")]
+    assert np.abs(routed[probabilities].to_numpy() - aten[probabilities].to_numpy()).max() < 1e-4

@@ -272,9 +272,13 @@ class EvaluationSection(Section):
                                           "(same scores up to float rounding)")
     bf16_cascade: bool | None = key(None, "CPU scoring: score every passage with a bf16 copy of the model, then "
                                           "again in fp32 where the two best labels are close enough for bf16 "
-                                          "rounding to swap them, so the labels are fp32's; null: where bf16 "
-                                          "measures faster than fp32 on this CPU (AMX), true: always (slower "
-                                          "without native bf16), false: never (GPUs: never)")
+                                          "rounding to swap them, so the labels are fp32's; null: where a bf16 "
+                                          "matmul measures 3x fp32 scoring's or more on this CPU (AMX), true: "
+                                          "always (slower without native bf16), false: never (GPUs: never)")
+    onednn_linears: bool | None = key(None, "CPU scoring: run the fp32 linear layers through oneDNN's own fp32 "
+                                            "kernels instead of ATen's BLAS (the same results up to float "
+                                            "rounding); null: where they measure faster on this CPU (AMD EPYC), "
+                                            "true: always, false: never (GPUs: never)")
 
 
 class PromptSection(Section):

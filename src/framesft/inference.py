@@ -15,7 +15,7 @@ from .cascade import MarginCascade, bf16_copy
 from .config import FrameSFTConfig
 from .methods import Method, Scorer, build_method
 from .modeling import load_adapter, load_base_model, load_tokenizer, resolve_model_path
-from .precision import resolve_plan
+from .precision import resolve_plan, use_onednn_linears
 from .files import refuse_pickled_weights
 from .runfolder import MODEL_DIR, check_run_folder, read_label_map, read_run_config, trained_weights_dir
 from .scoring import LabelScores, predictions_table
@@ -94,9 +94,11 @@ def load_classifier(run_dir: str | Path, device=None, merge: bool = True, dtype:
     if merge:
         model = merged_for_scoring(model)
     model.eval()
+    fast_model = bf16_copy(model) if plan.scoring_cascade else None
+    if plan.onednn_linears:
+        use_onednn_linears(model)
     return Classifier(config, labels, model, tokenizer, build_method(config, tokenizer, labels),
-                      read_temperature(run_dir), read_label_bias(run_dir, labels),
-                      bf16_copy(model) if plan.scoring_cascade else None)
+                      read_temperature(run_dir), read_label_bias(run_dir, labels), fast_model)
 
 
 def load_zero_shot(config: FrameSFTConfig, labels: list[str], device=None) -> Classifier:

@@ -5,8 +5,11 @@ On a GPU the config decides. On a CPU the machine does too, and CPUs differ a lo
 several times faster than fp32; with AVX512-BF16 alone it runs at about half the fp32 rate on the Intel Xeons
 this was tuned on but 4.5 times faster on an AMD Zen 5 EPYC (989 vs 219 GFLOP/s on 2 cores); without either bf16
 is emulated. So where the CPU has native bf16 the plan measures both rates (`cpu_matmul_rates`): the flags
-alone cannot tell. Tests pin the plan they depend on (model.dtype, or a patched `cpu_matmul_rates`), so the
-suite takes the same paths on every CPU.
+alone cannot tell. fp32 scoring has two routes for its linear layers: ATen's default (Intel MKL's BLAS) and
+oneDNN's own fp32 kernels, which give fp32 results too; on the AMD EPYCs MKL takes a slow path, and oneDNN ran
+1.8-3.9x faster on every shape of Gemma's layers (Zen 5, 2026-12-01), so the plan measures both as well
+(`cpu_fp32_linear_rates`). Tests pin the plan they depend on (model.dtype, evaluation keys, or patched rates), so
+the suite takes the same paths on every CPU.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+import types
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,6 +30,17 @@ log = logging.getLogger(__name__)
 
 # bf16 must beat fp32 by this much in the matmul probe before CPU training holds its frozen weights in bf16.
 BF16_MIN_SPEEDUP = 1.2
+# oneDNN's fp32 linear layer must beat ATen's by this much in its probe before fp32 scoring routes through it.
+ONEDNN_MIN_SPEEDUP = 1.2
+# ...and agree with it to this relative error: a true fp32 result (bf16-rounded inputs would differ by about 4e-3),
+# so a oneDNN build that rounded fp32 inputs to bf16 on some CPU would never be taken for fp32.
+FP32_AGREEMENT = 1e-5
+# The bf16 margin cascade scores where a bf16 matmul measures at least this many times faster than the fp32
+# route scoring would use. A cascade passage costs 1/k + s of an fp32 one (k: bf16's speed-up on whole scoring
+# calls, about 0.55-0.75 of the matmul ratio measured on Zen 5; s: the share rescored, 0.3-0.5 on real passages),
+# so it pays from a matmul ratio of about 3: AMX (3.8 against MKL) does; Zen 5 against oneDNN's fp32 (about 2)
+# does not, against MKL (4.3) it did.
+CASCADE_MIN_SPEEDUP = 3.0
 
 # The operations of cpu_lora.py and cpu_fused.py that CPU training installs, by name.
 SPARSE_DROPOUT, FUSED_LORA, FUSED_NORMS, FUSED_ROTARY = "sparse_dropout", "fused_lora", "fused_norms", "fused_rotary"
@@ -117,6 +132,68 @@ def cpu_matmul_rates() -> dict[torch.dtype, float]:
     return rates
 
 
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear through oneDNN's own kernels (the operation torch's compiler emits for CPU linear layers)."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+def measure_linear_gflops(route: str, size: int = 1024, repeats: int = 3) -> float:
+    """One measurement of an fp32 linear layer's rate through ATen ("aten") or oneDNN ("onednn"), in GFLOP/s;
+    0 where oneDNN is unavailable or its result is not an fp32 one (FP32_AGREEMENT against ATen)."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(size, size, generator=generator)
+    weight = torch.randn(size, size, generator=generator)
+    linear = torch.nn.functional.linear if route == "aten" else onednn_linear
+    try:
+        result = linear(x, weight)  # warm-up: kernel selection and first-touch allocation
+    except (RuntimeError, AttributeError):  # a torch built without oneDNN
+        return 0.0
+    if route != "aten":
+        reference = torch.nn.functional.linear(x, weight)
+        if (result - reference).abs().max() > FP32_AGREEMENT * reference.abs().max():
+            return 0.0
+    start = time.perf_counter()
+    for _ in range(repeats):
+        linear(x, weight)
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+@functools.cache
+def cpu_fp32_linear_rates() -> dict[str, float]:
+    """This CPU's fp32 linear-layer rates through ATen and through oneDNN: the best of three measurements taken in
+    turns (about 100 ms, once per process), as cpu_matmul_rates does."""
+    rates = {"aten": 0.0, "onednn": 0.0}
+    for _ in range(3):
+        for route in rates:
+            rates[route] = max(rates[route], measure_linear_gflops(route))
+    return rates
+
+
+def _onednn_linear_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """nn.Linear's forward through oneDNN where it computes the same thing: fp32 input and weights on the CPU,
+    nothing to differentiate (the oneDNN operation has no backward pass); otherwise the stock forward."""
+    if (x.dtype == self.weight.dtype == torch.float32 and x.device.type == "cpu"
+            and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
+        return onednn_linear(x, self.weight, self.bias)
+    return torch.nn.functional.linear(x, self.weight, self.bias)
+
+
+def use_onednn_linears(model: torch.nn.Module) -> int:
+    """Route every nn.Linear of a scoring model through oneDNN (the plan's onednn_linears); returns how many.
+    The weights stay where they are (tied ones stay tied): only each layer's forward changes."""
+    layers = [module for module in model.modules() if type(module) is torch.nn.Linear]
+    for layer in layers:
+        layer.forward = types.MethodType(_onednn_linear_forward, layer)
+    return len(layers)
+
+
+def cpu_prefers_onednn_fp32() -> bool:
+    """Whether fp32 scoring should route its linear layers through oneDNN: measured ONEDNN_MIN_SPEEDUP times
+    faster than ATen's BLAS, with fp32 results (AMD EPYCs; on Intel CPUs MKL is oneDNN's match)."""
+    rates = cpu_fp32_linear_rates()
+    return rates["onednn"] >= ONEDNN_MIN_SPEEDUP * rates["aten"]
+
+
 def cpu_prefers_bf16() -> bool:
     """Whether frozen weights should be held in bf16 for CPU training: the CPU has native bf16 and a bf16 matmul
     measures at least BF16_MIN_SPEEDUP times faster than fp32 (AMX; AMD Zen 5; not the Xeons with AVX512-BF16
@@ -136,18 +213,21 @@ class CpuFacts:
     avx512_bf16: bool
     fp32_gflops: float | None = None  # measured only where the choice depends on it
     bf16_gflops: float | None = None
+    fp32_linear_gflops: dict[str, float] | None = None  # an fp32 linear layer through ATen and through oneDNN
 
     @property
     def kind(self) -> str:
         return "AMX" if self.amx_bf16 else ("AVX512-BF16" if self.avx512_bf16 else "no native bf16")
 
 
-def cpu_facts(measured: bool) -> CpuFacts:
+def cpu_facts(measured: bool, linear_routes: bool = False) -> CpuFacts:
+    """The CPU's model and flags; measured: its bf16 and fp32 matmul rates; linear_routes: oneDNN's fp32 rate."""
     flags = cpu_flags()
     rates = cpu_matmul_rates() if measured else {}
+    routes = {route: round(rate, 1) for route, rate in cpu_fp32_linear_rates().items()} if linear_routes else None
     return CpuFacts(cpu_model_name(), "amx_bf16" in flags, "avx512_bf16" in flags,
                     round(rates[torch.float32], 1) if rates else None,
-                    round(rates[torch.bfloat16], 1) if rates else None)
+                    round(rates[torch.bfloat16], 1) if rates else None, routes)
 
 
 # Elementwise ops that PyTorch hands to Intel MKL's vector math library (VML) for float32/float64 CPU tensors
@@ -180,6 +260,7 @@ class ComputePlan:
     training_weights: str             # dtype of the frozen base weights while training ("float32", "bfloat16", ...)
     scoring_weights: str              # dtype of the base weights for scoring (evaluate, predict, final metrics)
     scoring_cascade: bool             # score in bf16 first, fp32 where the margin is close (cascade.py)
+    onednn_linears: bool              # fp32 scoring's linear layers through oneDNN's fp32 kernels (use_onednn_linears)
     autocast: str | None              # mixed precision the trainer runs under: "bf16", "fp16" or None
     fused_cpu_ops: tuple[str, ...]    # framesft's CPU training operations installed (cpu_lora.py, cpu_fused.py)
     cpu: CpuFacts | None              # None on a GPU
@@ -204,12 +285,17 @@ class ComputePlan:
 
     def line(self) -> str:
         fused = ", ".join(self.fused_cpu_ops) or "none"
-        scoring = self.scoring_weights + (" (bf16 margin cascade)" if self.scoring_cascade else "")
+        ways = [way for way, used in (("oneDNN linear layers", self.onednn_linears),
+                                      ("bf16 margin cascade", self.scoring_cascade)) if used]
+        scoring = self.scoring_weights + (f" ({', '.join(ways)})" if ways else "")
         text = (f"compute plan: {self.device}; training weights {self.training_weights}, autocast "
                 f"{self.autocast or 'off'}, fused CPU ops: {fused}; scoring weights {scoring} ({self.reason})")
         if self.cpu is not None:
             rates = (f", matmul fp32 {self.cpu.fp32_gflops:.0f} / bf16 {self.cpu.bf16_gflops:.0f} GFLOP/s"
                      if self.cpu.fp32_gflops else "")
+            routes = self.cpu.fp32_linear_gflops
+            if routes:
+                rates += f", fp32 linear ATen {routes['aten']:.0f} / oneDNN {routes['onednn']:.0f} GFLOP/s"
             text += f"; CPU {self.cpu.model} ({self.cpu.kind}{rates})"
         return text
 
@@ -237,7 +323,7 @@ def resolve_plan(config: FrameSFTConfig, device: torch.device | None = None) -> 
         autocast = "bf16" if training_cfg.bf16 else ("fp16" if training_cfg.fp16 else None)
         reason = "model.dtype auto on a GPU" if chosen == "auto" else f"model.dtype {chosen}"
         return ComputePlan(str(device), training_weights="float32" if full else weights, scoring_weights=weights,
-                           scoring_cascade=False, autocast=autocast, fused_cpu_ops=(), cpu=None,
+                           scoring_cascade=False, onednn_linears=False, autocast=autocast, fused_cpu_ops=(), cpu=None,
                            reason=reason + ("; full fine-tuning trains fp32 weights" if full else ""))
 
     measured = chosen == "auto" and cpu_supports_bf16()
@@ -267,18 +353,42 @@ def resolve_plan(config: FrameSFTConfig, device: torch.device | None = None) -> 
             fused = (SPARSE_DROPOUT, FUSED_NORMS, FUSED_ROTARY)
         else:  # float16 weights: the fused operations serve float32 and bfloat16 only
             fused = (SPARSE_DROPOUT,)
-    cascade = scoring_cascade(config, scoring, bf16_faster=chosen == "auto" and cpu_prefers_bf16())
+    onednn = onednn_linears(config, scoring)
+    cascade = scoring_cascade(config, scoring, bf16_much_faster=measured and bf16_pays_for_cascade(onednn))
+    linear_routes = config.evaluation.onednn_linears is None and scoring == "float32"  # measured for the choice
     return ComputePlan("cpu", training_weights=training, scoring_weights=scoring, scoring_cascade=cascade,
-                       autocast=autocast, fused_cpu_ops=fused, cpu=cpu_facts(measured), reason=reason)
+                       onednn_linears=onednn, autocast=autocast, fused_cpu_ops=fused,
+                       cpu=cpu_facts(measured, linear_routes), reason=reason)
 
 
-def scoring_cascade(config: FrameSFTConfig, scoring_weights: str, bf16_faster: bool) -> bool:
+def onednn_linears(config: FrameSFTConfig, scoring_weights: str) -> bool:
+    """evaluation.onednn_linears on a CPU: null routes fp32 scoring's linear layers through oneDNN where it measures
+    faster than ATen's BLAS (cpu_prefers_onednn_fp32); true forces it (the tests use it on every CPU), false never.
+    Only fp32 weights take the route."""
+    wanted = config.evaluation.onednn_linears
+    if wanted and scoring_weights != "float32":
+        raise ConfigError(f"evaluation.onednn_linears is true but model.dtype is {config.model.dtype}: the route "
+                          "serves fp32 weights; set model.dtype to auto (or float32), or evaluation.onednn_linears "
+                          "to null")
+    if wanted is None:
+        return scoring_weights == "float32" and cpu_prefers_onednn_fp32()
+    return wanted
+
+
+def bf16_pays_for_cascade(onednn: bool) -> bool:
+    """bf16 matmul measures CASCADE_MIN_SPEEDUP times faster than the fp32 route scoring takes (oneDNN's or ATen's)."""
+    fp32 = cpu_fp32_linear_rates()["onednn"] if onednn else cpu_matmul_rates()[torch.float32]
+    return cpu_prefers_bf16() and cpu_matmul_rates()[torch.bfloat16] >= CASCADE_MIN_SPEEDUP * fp32
+
+
+def scoring_cascade(config: FrameSFTConfig, scoring_weights: str, bf16_much_faster: bool) -> bool:
     """evaluation.bf16_cascade on a CPU: null scores through the bf16 margin cascade (cascade.py) where bf16
-    measured faster than fp32 (AMX), so fp32 labels come at close to bf16 speed; elsewhere the plan stays fp32.
-    true forces it (slower without native bf16: the tests use it on every CPU); it needs fp32 scoring weights."""
+    measured much faster than fp32 scoring (bf16_pays_for_cascade: AMX), so fp32 labels come at close to bf16 speed;
+    elsewhere the plan stays fp32. true forces it (slower without native bf16: the tests use it on every CPU); it
+    needs fp32 scoring weights."""
     wanted = config.evaluation.bf16_cascade
     if wanted and scoring_weights != "float32":
         raise ConfigError(f"evaluation.bf16_cascade is true but model.dtype is {config.model.dtype}: the cascade "
                           "keeps the labels of fp32 weights; set model.dtype to auto (or float32), or "
                           "evaluation.bf16_cascade to null")
-    return bf16_faster if wanted is None else wanted
+    return bf16_much_faster if wanted is None else wanted

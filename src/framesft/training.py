@@ -43,7 +43,7 @@ from .cpu_fused import use_fused_norms, use_fused_rotary
 from .cpu_lora import use_fused_lora, use_sparse_dropout
 from .modeling import count_parameters, load_base_model, load_tokenizer, make_trainable, resolve_model_path
 from .precision import (FUSED_LORA, FUSED_NORMS, FUSED_ROTARY, SPARSE_DROPOUT, ComputePlan, check_process_count,
-                        process_state, resolve_plan)
+                        process_state, resolve_plan, use_onednn_linears)
 from .run_report import render_report
 from .runfolder import (CONFIG_FILE, SUMMARY_FILE, TRAINER_STATE_FILE, attach_log_file, checkpoint_folder, detach_log_file, prepare_run_folder, read_run_config, save_trained_weights, validate_checkpoint, write_run_metadata)
 from .files import write_json, write_text
@@ -137,8 +137,10 @@ def final_classifier(trainer: LabelTrainer, config: FrameSFTConfig, labels: list
     folder where scoring uses other base weights than training did (bf16 for training, fp32 for scoring on CPU)."""
     if plan.reloads_for_scoring:
         return load_classifier(run_dir, plan.torch_device)
-    final_model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
-    return Classifier(config, labels, merged_for_scoring(final_model), method.tokenizer, method)
+    final_model = merged_for_scoring(trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False))
+    if plan.onednn_linears:  # as load_classifier scores
+        use_onednn_linears(final_model)
+    return Classifier(config, labels, final_model, method.tokenizer, method)
 
 
 def warn_if_config_changed(run_dir: Path, config: FrameSFTConfig) -> None:
