@@ -15,8 +15,8 @@ predict` in a new process, as a user runs it: start-up, model loading, reading, 
 wall time. They are interleaved over --rounds rounds, so a machine that slows down in between slows all; the
 figures are ratios of the medians. Labels are compared with fp32_whole_prompts'. Each round also times each copy
 predicting one passage: the start-up (imports, compute plan, model, adapter, merge, the cascade's bf16 copy) that
-a short corpus pays in full. Records each copy's compute plan, the CPU (model, flags, matmul roofs measured in the same session) and appends
-to benchmarks/results/predict_prefix.json.
+a short corpus pays in full. Records each copy's compute plan, the CPU (model, flags, matmul roofs measured in the
+same session) and appends to benchmarks/results/predict_prefix.json.
 """
 
 from __future__ import annotations

@@ -304,11 +304,13 @@ class ComputePlan:
 
 
 def resolve_plan(config: FrameSFTConfig, device: torch.device | None = None) -> ComputePlan:
-    """The one place that decides device, weight dtypes, autocast and fused CPU operations for a config.
+    """The one place that decides device, weight dtypes, autocast, fused CPU operations and the scoring routes for a
+    config.
 
     model.dtype auto: on a GPU bf16 where supported, else fp16. On a CPU fp32 for scoring on every CPU (bf16
-    weights changed a few percent of predictions, short of the agreement we ask of a default; where bf16 is faster
-    the bf16 margin cascade keeps fp32's labels at close to bf16 speed, see scoring_cascade), and for training
+    weights changed a few percent of predictions, short of the agreement we ask of a default; its linear layers
+    through oneDNN where that measures faster, see onednn_linears; where bf16 is much faster still the bf16 margin
+    cascade keeps fp32's labels at close to bf16 speed, see scoring_cascade), and for training
     bf16 only where cpu_prefers_bf16() (AMX); the LoRA weights stay fp32 either way. An explicit model.dtype is
     obeyed for both. Autocast on a CPU only over bf16 weights (over fp32 weights it would cast every frozen weight
     at every step). The fused norms and rotary run in float32 and bfloat16, with or without autocast; the fused LoRA
@@ -323,7 +325,8 @@ def resolve_plan(config: FrameSFTConfig, device: torch.device | None = None) -> 
         autocast = "bf16" if training_cfg.bf16 else ("fp16" if training_cfg.fp16 else None)
         reason = "model.dtype auto on a GPU" if chosen == "auto" else f"model.dtype {chosen}"
         return ComputePlan(str(device), training_weights="float32" if full else weights, scoring_weights=weights,
-                           scoring_cascade=False, onednn_linears=False, autocast=autocast, fused_cpu_ops=(), cpu=None,
+                           scoring_cascade=False, onednn_linears=False, autocast=autocast, fused_cpu_ops=(),
+                           cpu=None,
                            reason=reason + ("; full fine-tuning trains fp32 weights" if full else ""))
 
     measured = chosen == "auto" and cpu_supports_bf16()
@@ -363,7 +366,7 @@ def resolve_plan(config: FrameSFTConfig, device: torch.device | None = None) -> 
 
 def onednn_linears(config: FrameSFTConfig, scoring_weights: str) -> bool:
     """evaluation.onednn_linears on a CPU: null routes fp32 scoring's linear layers through oneDNN where it measures
-    faster than ATen's BLAS (cpu_prefers_onednn_fp32); true forces it (the tests use it on every CPU), false never.
+    faster than ATen's BLAS (cpu_prefers_onednn_fp32); true forces it on any CPU, false never.
     Only fp32 weights take the route."""
     wanted = config.evaluation.onednn_linears
     if wanted and scoring_weights != "float32":
