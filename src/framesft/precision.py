@@ -6,8 +6,9 @@ several times faster than fp32; with AVX512-BF16 alone it runs at about half the
 this was tuned on but 4.5 times faster on an AMD Zen 5 EPYC (989 vs 219 GFLOP/s on 2 cores); without either bf16
 is emulated. So where the CPU has native bf16 the plan measures both rates (`cpu_matmul_rates`): the flags
 alone cannot tell. fp32 scoring has two routes for its linear layers: ATen's default (Intel MKL's BLAS) and
-oneDNN's own fp32 kernels, which give fp32 results too; on the AMD EPYCs MKL takes a slow path, and oneDNN ran
-1.8-3.9x faster on every shape of Gemma's layers (Zen 5, 2026-12-01), so the plan measures both as well
+oneDNN's own fp32 kernels, which give fp32 results too; on the AMD Zen 5 EPYC MKL runs AVX2-class code and
+oneDNN ran 2.1-2.4x faster on every layer shape of the embedded models (benchmarks/fp32_linear_routes.py,
+2026-12-01), so the plan measures both as well
 (`cpu_fp32_linear_rates`). Tests pin the plan they depend on (model.dtype, evaluation keys, or patched rates), so
 the suite takes the same paths on every CPU.
 """
