@@ -92,13 +92,13 @@ def main() -> None:
     parser.add_argument("--force", action="store_true", help="score even where bf16 is emulated (very slow)")
     args = parser.parse_args()
 
-    from framesft.precision import cpu_facts, cpu_prefers_bf16
+    from framesft.precision import bf16_pays_for_cascade, cpu_facts, cpu_prefers_onednn_fp32
 
     cpu = cpu_facts(measured=True)
     entry = {"date": time.strftime("%Y-%m-%d"),
              "cpu": {"model": cpu.model, "kind": cpu.kind, "fp32_gflops": cpu.fp32_gflops,
                      "bf16_gflops": cpu.bf16_gflops},
-             "plan_cascades_here": cpu_prefers_bf16()}
+             "plan_cascades_here": bf16_pays_for_cascade(cpu_prefers_onednn_fp32())}
     print(f"CPU {cpu.model} ({cpu.kind}): matmul fp32 {cpu.fp32_gflops} / bf16 {cpu.bf16_gflops} GFLOP/s; "
           f"the plan {'cascades' if entry['plan_cascades_here'] else 'stays fp32'} here", flush=True)
     if cpu.kind == "no native bf16" and not args.force:
