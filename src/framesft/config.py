@@ -277,7 +277,7 @@ class EvaluationSection(Section):
                                           "always (slower without native bf16), false: never (GPUs: never)")
     onednn_linears: bool | None = key(None, "CPU scoring: run the fp32 linear layers through oneDNN's own fp32 "
                                             "kernels instead of ATen's BLAS (the same results up to float "
-                                            "rounding); null: where they measure faster on this CPU (AMD EPYC), "
+                                            "rounding); null: where they measure faster on this CPU (AMD Zen 5), "
                                             "true: always, false: never (GPUs: never)")
 
 

@@ -105,9 +105,12 @@ def load_zero_shot(config: FrameSFTConfig, labels: list[str], device=None) -> Cl
     """The base model with no adapter: the 'before training' reference."""
     model_path = resolve_model_path(config.model.base_model)
     tokenizer = load_tokenizer(model_path, config.model.trust_remote_code)
-    model = load_base_model(config, model_path, resolve_plan(config, device), for_training=False, labels=labels,
+    plan = resolve_plan(config, device)
+    model = load_base_model(config, model_path, plan, for_training=False, labels=labels,
                             pad_token_id=tokenizer.pad_token_id)
     model.eval()
+    if plan.onednn_linears:
+        use_onednn_linears(model)
     return Classifier(config, labels, model, tokenizer, build_method(config, tokenizer, labels))
 
 
