@@ -1,7 +1,7 @@
 """The machine's ceiling for a model, measured in the benchmark's own run (these machines are noisy and differ).
 
 - roof: matmul GFLOP/s of a 2048x2048 product in fp32 and in bf16, and of an fp32 linear layer of that size
-  through oneDNN's own kernels (faster than ATen's MKL on AMD CPUs), measured now; the ceiling uses the fastest
+  through oneDNN's own kernels (2.1-2.4x ATen's MKL on an AMD Zen 5), measured now; the ceiling uses the fastest
   (on a CPU with AVX512-BF16 but no AMX, bf16 is the slower one);
 - N: the model's non-embedding parameters (every weight except the token embedding and the output projection;
   LoRA adapters not counted);
