@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
-                        help=f"the copies to run ({BASELINE} always runs: the labels are compared with its)")
+                        help=f"the copies to run ({BASELINE} always runs: the labels are compared with its labels)")
     args = parser.parse_args()
     variants = {name: VARIANTS[name] for name in VARIANTS if name in args.variants or name == BASELINE}
 
