@@ -207,6 +207,37 @@ def test_training_continues_from_a_saved_adapter(trained_run, tiny_model_dir, tm
         trainable_model(config, tiny_model_dir, method, trained_run.labels, resolve_plan(config, torch.device("cpu")))
 
 
+def test_neftune_noise_is_added_in_training_steps_only(tiny_model_dir, tmp_path, monkeypatch):
+    """training.neftune_noise_alpha: each training forward pass gets embedding noise within the paper's bound;
+    validation scoring during training and the run's final metrics see the clean embeddings."""
+    import transformers.integrations.neftune as neftune
+
+    calls = []  # (module in training mode, largest |noise|, alpha / sqrt(length x hidden) + the dtype's rounding)
+    original = neftune.neftune_post_forward_hook
+
+    def recording_hook(module, inputs, output):
+        noised = original(module, inputs, output)
+        bound = module.neftune_noise_alpha / (output.size(1) * output.size(2)) ** 0.5
+        bound += torch.finfo(output.dtype).eps * output.abs().max().item()  # output + noise rounds (bf16 on CPU)
+        calls.append((module.training, (noised - output).abs().max().item(), bound))
+        return noised
+
+    monkeypatch.setattr(neftune, "neftune_post_forward_hook", recording_hook)
+    train(tiny_config(tiny_model_dir, tmp_path / "off", max_steps=2, eval_steps=2), show_progress=False)
+    assert calls == []  # off by default
+
+    config = tiny_config(tiny_model_dir, tmp_path / "on", max_steps=3, eval_steps=2, neftune_noise_alpha=5)
+    result = train(config, show_progress=False)
+    in_training = [c for c in calls if c[0]]
+    assert len(in_training) == 3  # one forward pass per step (batch 4, no accumulation)
+    assert all(0 < noise <= bound for _, noise, bound in in_training), in_training
+    # validation after steps 2 and 3 runs in eval mode: the hook passes the embeddings through unchanged
+    assert [noise for training, noise, _ in calls if not training] and all(
+        noise == 0 for training, noise, _ in calls if not training)
+    assert "neftune_noise_alpha: 5" in (result.run_dir / "config.yaml").read_text()
+    assert_saved_adapter_reproduces_written_predictions(result.run_dir)  # final metrics from clean embeddings
+
+
 def test_out_of_memory_retries_with_half_batch_and_double_accumulation(tiny_model_dir, tmp_path, monkeypatch):
     import framesft.training as training
 

@@ -194,6 +194,12 @@ class TrainingSection(Section):
     label_smoothing: float = key(0.0, "label smoothing of the training loss (Szegedy et al. 2016): the target puts "
                                       "1 - this on the right token and spreads the rest evenly (over the vocabulary "
                                       "for generative SFT, over the labels for the classification head)", ge=0, lt=1)
+    neftune_noise_alpha: float | None = key(None, "NEFTune (Jain et al. 2023, as in TRL and transformers): uniform "
+                                                  "noise on the input embeddings of each training step, at most "
+                                                  "alpha / sqrt(sequence length x hidden size) per element (the "
+                                                  "paper's alpha 5-15); none in validation, scoring or pretrain. "
+                                                  "Relative to the embeddings it is smaller for models that scale "
+                                                  "them up (Gemma: x sqrt(hidden size)); null: off", gt=0)
     fp16: bool = key(False, "fp16 mixed precision (CUDA only)")
     bf16: bool = key(False, "bf16 mixed precision (autocast); on CPU only where the base weights are bf16 "
                             "(model.dtype), elsewhere fp32 with a note")

@@ -217,6 +217,7 @@ def training_arguments(config: FrameSFTConfig, checkpoint_dir: Path, report_to: 
         warmup_steps=t.warmup_steps,
         max_grad_norm=t.max_grad_norm,
         lr_scheduler_type=t.lr_scheduler,
+        neftune_noise_alpha=t.neftune_noise_alpha,  # transformers' hook: training forward passes only
         optim=t.optimizer,
         logging_steps=t.logging_steps,
         # A checkpoint at every evaluation, so the best one can be kept (training.save_steps has no say).
