@@ -40,6 +40,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -474,6 +475,57 @@ def summary_table(entries: list[dict]) -> str:
     return "\n".join(rows)
 
 
+HARD_PASSAGES = REPO / "benchmarks" / "results" / "accuracy_hard_passages.json"
+
+
+def hard_passages(entries: list[dict]) -> dict:
+    """Where the errors lie: per dev passage, the share of the campaign's trained runs (full budget, ensembles
+    left out: they add no independent run) that label it right; the passages no run gets right, with the label
+    the runs give instead; and whether a model of another family, the TF-IDF baseline trained on the same file,
+    gets those right. Passages are rows of dev_data.csv (0-based, header not counted): no text is copied."""
+    from framesft.baseline import tfidf_baseline
+
+    runs = [e for e in entries if e["budget"] == "full" and not e["recipe"].startswith("ensemble:")]
+    truth = np.array(runs[0]["dev_truth"])
+    if any(list(e["dev_truth"]) != list(truth) for e in runs):
+        raise SystemExit("entries disagree on dev_data.csv's gold labels: not the same file")
+    predicted = np.array([e["dev_predicted"] for e in runs])
+    share_right = (predicted == truth).mean(axis=0)
+    train = pd.read_csv(SHARED / "train_data.csv", dtype=str, keep_default_na=False)
+    dev = pd.read_csv(SHARED / "dev_data.csv", dtype=str, keep_default_na=False)
+    labels = runs[0]["labels"]
+    tfidf, _ = tfidf_baseline(train["chunk_text"], train["frame_name"], dev["chunk_text"], labels)
+    tfidf_right = np.array(tfidf) == truth
+    never = np.flatnonzero(share_right == 0)
+    per_label = {label: {"passages": int((truth == label).sum()),
+                         "never_right": int(((truth == label) & (share_right == 0)).sum()),
+                         "right_in_under_20pct_of_runs": int(((truth == label) & (share_right < 0.2)).sum()),
+                         "always_right": int(((truth == label) & (share_right == 1)).sum())} for label in labels}
+    instead = [Counter(predicted[:, i]).most_common(1)[0] for i in never]
+    return {
+        "runs": len(runs), "recipes": sorted({e["recipe"] for e in runs}), "passages": len(truth),
+        "mean_accuracy": round(float(share_right.mean()), 4),
+        "right_in_at_least_one_run": round(float((share_right > 0).mean()), 4),
+        "histogram_share_of_runs_right": {
+            "0": int((share_right == 0).sum()), "(0, 0.2)": int(((share_right > 0) & (share_right < 0.2)).sum()),
+            "[0.2, 0.5)": int(((share_right >= 0.2) & (share_right < 0.5)).sum()),
+            "[0.5, 0.8)": int(((share_right >= 0.5) & (share_right < 0.8)).sum()),
+            "[0.8, 1)": int(((share_right >= 0.8) & (share_right < 1)).sum()), "1": int((share_right == 1).sum())},
+        "per_gold_label": per_label,
+        "never_right_gold_to_runs_label": dict(Counter(f"{truth[i]} -> {label}" for i, (label, _) in
+                                                       zip(never, instead)).most_common()),
+        "never_right": [{"dev_row": int(i), "gold": str(truth[i]), "runs_label": str(label),
+                         "runs_giving_it": int(count), "tfidf_label": tfidf[i]} for i, (label, count) in
+                        zip(never, instead)],
+        "tfidf_accuracy": round(float(tfidf_right.mean()), 4),
+        "tfidf_right_where_no_run_is": int(tfidf_right[never].sum()),
+        "tfidf_gives_the_runs_label_where_no_run_is_right": sum(tfidf[i] == label for i, (label, _) in
+                                                                zip(never, instead)),
+        "never_right_with_every_run_agreeing": sum(count == len(runs) for _, count in instead),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipes", nargs="*", help="recipe names (see --list)")
@@ -482,6 +534,9 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="score an existing complete run folder, do not retrain")
     parser.add_argument("--list", action="store_true", help="list the recipes and stop")
     parser.add_argument("--summary", action="store_true", help="print the table of all entries and stop")
+    parser.add_argument("--hard-passages", action="store_true",
+                        help=f"which dev passages the runs get wrong, how consistently, and whether TF-IDF gets "
+                             f"those right; writes {HARD_PASSAGES.relative_to(REPO)}, stops")
     parser.add_argument("--ensemble", metavar="RECIPE[@SEED]", nargs="+",
                         help="score entries already in the JSON as one ensemble (a recipe: its seeds; "
                              "RECIPE@SEED: that seed's entry; several recipes: runs of different recipes), "
@@ -499,6 +554,11 @@ def main() -> None:
         return
     if args.summary:
         print(summary_table(load_entries()))
+        return
+    if args.hard_passages:
+        result = hard_passages(load_entries())
+        HARD_PASSAGES.write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps({k: v for k, v in result.items() if k != "never_right"}, indent=1))
         return
     if args.pooled:
         result = pooled_over_seeds(args.pooled, budget_name(args.max_steps), load_entries(), args.against)
