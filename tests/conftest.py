@@ -145,8 +145,18 @@ def trained_run(tiny_model_dir, tmp_path_factory):
     """A real (few-step) training run of the tiny model; its run folder is shared by several test modules."""
     from framesft.training import train
 
+    import torch
+
+    from framesft.precision import resolve_plan
+
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
-    return train(tiny_config(tiny_model_dir, run_dir, num_epochs=3), show_progress=False)
+    config = tiny_config(tiny_model_dir, run_dir, num_epochs=3)
+    # The scoring route this CPU measures (oneDNN linear layers, bf16 cascade), measured once and kept in the run's
+    # config: tests compare predictions made by separate processes, and on a loaded machine (CI beside a training
+    # run) each process measuring for itself can choose otherwise (corpus.scoring_route keeps one per prediction).
+    plan = resolve_plan(config, torch.device("cpu"))
+    config.evaluation.onednn_linears, config.evaluation.bf16_cascade = plan.onednn_linears, plan.scoring_cascade
+    return train(config, show_progress=False)
 
 
 def write_every_format(table: pd.DataFrame, folder: Path) -> dict[str, Path]:

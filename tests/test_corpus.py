@@ -101,7 +101,8 @@ print(hashlib.sha1(load_classifier(sys.argv[1]).score(texts, "scoring", False).s
 def test_fresh_processes_score_the_first_batch_bit_identically(trained_run, tmp_path):
     """A resumed prediction mixes rows scored by different processes. Without settle_cpu_math_kernels about one
     fresh process in three scored its first batch with a low-accuracy MKL cos (pytorch/pytorch#188792), so six
-    processes all agreeing would then happen about one time in ten."""
+    processes all agreeing would then happen about one time in ten. (The run's config pins the scoring route that
+    the test session measured, see conftest.trained_run.)"""
     corpus = tmp_path / "corpus.csv"
     corpus_frame(40).to_csv(corpus, index=False)
     digests = []
@@ -110,6 +111,54 @@ def test_fresh_processes_score_the_first_batch_bit_identically(trained_run, tmp_
                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(2)]
         digests += [process.communicate(timeout=300)[0].strip() for process in pair]
     assert all(digests) and len(set(digests)) == 1, digests
+
+
+def test_a_resumed_prediction_keeps_the_scoring_route_its_first_attempt_measured(trained_run, tmp_path,
+                                                                                 monkeypatch):
+    """Whether the linear layers go through oneDNN (and whether the bf16 cascade runs) is measured per process; a
+    resumed attempt whose own measurement chooses otherwise still scores the way the first attempt did."""
+    import framesft.corpus as corpus_module
+    import framesft.inference as inference
+    import framesft.precision as precision
+
+    import shutil
+
+    from framesft.runfolder import read_run_config
+
+    run = tmp_path / "run"  # the shared run pins its route; this copy measures, as a user's run does
+    shutil.copytree(trained_run.run_dir, run)
+    config = read_run_config(run)
+    config.evaluation.onednn_linears = config.evaluation.bf16_cascade = None
+    (run / "config.yaml").write_text(config.to_yaml())
+    corpus = tmp_path / "corpus.csv"
+    corpus_frame(24).to_csv(corpus, index=False)
+    routed = []
+    real_route = inference.use_onednn_linears
+    monkeypatch.setattr(inference, "use_onednn_linears", lambda model: routed.append(real_route(model)))
+    real_write_part = corpus_module.write_part
+
+    def crash_after_two_parts(parts, index, table):
+        if len(list(parts.glob("part-*.parquet"))) == 2:
+            raise KeyboardInterrupt
+        real_write_part(parts, index, table)
+
+    monkeypatch.setattr(precision, "cpu_prefers_onednn_fp32", lambda: True)  # the first attempt measures oneDNN
+    monkeypatch.setattr(corpus_module, "write_part", crash_after_two_parts)
+    out = tmp_path / "out.csv"
+    with pytest.raises(KeyboardInterrupt):
+        predict_corpus(run, corpus, out, chunk_rows=8, show_progress=False)
+    route = json.loads((tmp_path / "out.csv.parts" / "scoring_route.json").read_text())
+    assert route["onednn_linears"] is True and len(routed) == 1 and routed[0] > 0
+
+    monkeypatch.setattr(precision, "cpu_prefers_onednn_fp32", lambda: False)  # the resumed one would measure ATen
+    monkeypatch.setattr(corpus_module, "write_part", real_write_part)
+    assert predict_corpus(run, corpus, out, chunk_rows=8, show_progress=False) == 24
+    assert len(routed) == 2  # oneDNN again, as recorded
+    predict_corpus(run, corpus, tmp_path / "fresh.csv", chunk_rows=8, show_progress=False)
+    assert len(routed) == 2  # a new prediction measures for itself
+    assert not list(tmp_path.glob("*.parts"))
+    fresh, resumed = (pd.read_csv(tmp_path / name, keep_default_na=False) for name in ("fresh.csv", "out.csv"))
+    assert resumed["predicted"].tolist() == fresh["predicted"].tolist()
 
 
 def test_resume_refuses_parts_from_a_different_input(trained_run, tmp_path):

@@ -26,7 +26,7 @@ from .adaptation import adaptation_provenance
 from .cascade import MarginCascade, summed_tallies
 from .errors import DataError, FrameSFTError, RunFolderError
 from .files import atomic_path, read_json, write_json
-from .runfolder import check_run_folder, provenance_path, read_run_config
+from .runfolder import check_run_folder, provenance_path, read_label_map, read_run_config
 from .tables import (DELIMITED_SUFFIXES, csv_options, iter_delimited_chunks, iter_jsonl_records, read_workbook,
                      require_columns, text_encoding)
 from .terminal import progress_bar
@@ -34,6 +34,7 @@ from .terminal import progress_bar
 log = logging.getLogger(__name__)
 
 DUCKDB_SUFFIXES = {".duckdb", ".ddb", ".db"}
+SCORING_ROUTE_FILE = "scoring_route.json"  # in a prediction's parts folder: see scoring_route
 
 
 @dataclass
@@ -183,6 +184,21 @@ def prepare_parts(output: Path, source: CorpusSource, run_dir: Path, is_main: bo
     return parts
 
 
+def scoring_route(parts: Path, config, state) -> dict[str, bool]:
+    """How this prediction scores, decided once and kept with its parts: whether the linear layers go through
+    oneDNN and whether the bf16 cascade runs are chosen by measuring the CPU, and a measurement taken under load
+    can choose otherwise. A resumed attempt, and every process of a multi-process one, take the route the first
+    attempt's main process chose, so that all rows of one output are scored alike."""
+    from .precision import resolve_plan
+
+    path = parts / SCORING_ROUTE_FILE
+    if state.is_main_process and not path.is_file():
+        plan = resolve_plan(config, state.device)
+        write_json(path, {"onednn_linears": plan.onednn_linears, "bf16_cascade": plan.scoring_cascade})
+    state.wait_for_everyone()
+    return read_json(path)
+
+
 def part_path(parts: Path, index: int) -> Path:
     return parts / f"part-{index:06d}.parquet"
 
@@ -273,16 +289,22 @@ def predict_corpus(run_dir: str | Path, input_path: str | Path, output_path: str
     if output.exists():
         raise RunFolderError(f"{output} already exists; delete it or choose another --output")
     check_run_folder(Path(run_dir))
-    state = process_state(read_run_config(Path(run_dir)))
-    classifier = load_classifier(run_dir, device=state.device)
-    data = classifier.config.data.with_format(encoding, delimiter, sheet)
+    config = read_run_config(Path(run_dir))
+    state = process_state(config)
+    data = config.data.with_format(encoding, delimiter, sheet)
     source = CorpusSource(Path(input_path), text_column or data.text_column, id_column, query, chunk_rows,
                           data.encoding, data.delimiter, tuple(keep_columns), data.sheet)
-    clash = {"predicted", "margin", *(f"p_{label}" for label in classifier.labels)} & set(keep_columns)
+    clash = {"predicted", "margin", *(f"p_{label}" for label in read_label_map(Path(run_dir)))} & set(keep_columns)
     if clash:
         raise DataError(f"--keep-columns {sorted(clash)}: these names are prediction columns; rename them in the input")
     parts = prepare_parts(output, source, Path(run_dir), state.is_main_process)
     state.wait_for_everyone()
+    try:
+        classifier = load_classifier(run_dir, device=state.device, scoring=scoring_route(parts, config, state))
+    except BaseException:
+        if state.is_main_process and not any(parts.glob("part-*.parquet")):
+            shutil.rmtree(parts, ignore_errors=True)  # nothing scored yet: leave nothing that a next try must delete
+        raise
     total = count_rows(source) if state.is_main_process else None
     scorer = classifier.scorer()
     cascade = scorer if isinstance(scorer, MarginCascade) else None

@@ -67,18 +67,23 @@ def merged_for_scoring(model):
     return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
 
 
-def load_classifier(run_dir: str | Path, device=None, merge: bool = True, dtype: str | None = None) -> Classifier:
+def load_classifier(run_dir: str | Path, device=None, merge: bool = True, dtype: str | None = None,
+                    scoring: dict[str, bool] | None = None) -> Classifier:
     """Base model + the run's LoRA adapter (or the run's fully fine-tuned model), with the run's own config, labels
     and prompt.
 
     merge: fold the adapter into the weights for faster scoring (merged_for_scoring); dtype overrides the run's
-    model.dtype (export writes fp32 weights on CPU)."""
+    model.dtype (export writes fp32 weights on CPU); scoring: {"onednn_linears": ..., "bf16_cascade": ...} decided
+    already (a prediction's recorded route, corpus.scoring_route) instead of measured on this CPU."""
     run_dir = Path(run_dir)
     check_run_folder(run_dir)
     config = read_run_config(run_dir)
-    if dtype:
+    if dtype or scoring:
         config = config.model_copy(deep=True)
-        config.model.dtype = dtype
+        config.model.dtype = dtype or config.model.dtype
+        if scoring:
+            config.evaluation.onednn_linears = scoring["onednn_linears"]
+            config.evaluation.bf16_cascade = scoring["bf16_cascade"]
     labels = read_label_map(run_dir)
     weights_dir = trained_weights_dir(run_dir)
     full = weights_dir.name == MODEL_DIR  # full fine-tuning: the run holds the whole model
