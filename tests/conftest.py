@@ -145,18 +145,28 @@ def trained_run(tiny_model_dir, tmp_path_factory):
     """A real (few-step) training run of the tiny model; its run folder is shared by several test modules."""
     from framesft.training import train
 
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    return train(tiny_config(tiny_model_dir, run_dir, num_epochs=3), show_progress=False)
+
+
+def run_with_measured_route(run_dir: Path, folder: Path) -> Path:
+    """A copy of the run whose config pins the scoring route this process measures (oneDNN linear layers, bf16
+    cascade): for tests that compare predictions made by separate processes, which on a loaded machine (CI beside
+    a training run) can each measure a different route (corpus.scoring_route keeps one per prediction)."""
+    import shutil
+
     import torch
 
     from framesft.precision import resolve_plan
+    from framesft.runfolder import read_run_config
 
-    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
-    config = tiny_config(tiny_model_dir, run_dir, num_epochs=3)
-    # The scoring route this CPU measures (oneDNN linear layers, bf16 cascade), measured once and kept in the run's
-    # config: tests compare predictions made by separate processes, and on a loaded machine (CI beside a training
-    # run) each process measuring for itself can choose otherwise (corpus.scoring_route keeps one per prediction).
+    copy = folder / "run-with-route"
+    shutil.copytree(run_dir, copy)
+    config = read_run_config(copy)
     plan = resolve_plan(config, torch.device("cpu"))
     config.evaluation.onednn_linears, config.evaluation.bf16_cascade = plan.onednn_linears, plan.scoring_cascade
-    return train(config, show_progress=False)
+    (copy / "config.yaml").write_text(config.to_yaml())
+    return copy
 
 
 def write_every_format(table: pd.DataFrame, folder: Path) -> dict[str, Path]:

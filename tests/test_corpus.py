@@ -14,7 +14,7 @@ import pytest
 from framesft.errors import FrameSFTError
 from framesft.corpus import predict_corpus
 
-from conftest import FRAMES, SAMPLE_DATA, write_every_format
+from conftest import FRAMES, SAMPLE_DATA, run_with_measured_route, write_every_format
 
 pytestmark = pytest.mark.slow
 
@@ -60,8 +60,8 @@ def test_every_input_format_gives_the_same_predictions(trained_run, tmp_path):
 def test_killed_prediction_resumes_to_exactly_once_output(trained_run, tmp_path):
     corpus = tmp_path / "corpus.csv"
     corpus_frame(1200).to_csv(corpus, index=False)
-    args = ["predict", str(trained_run.run_dir), "--input", str(corpus), "--id-column", "chunk_id",
-            "--chunk-rows", "40"]
+    run = run_with_measured_route(trained_run.run_dir, tmp_path)  # the reference and the resumed run score alike
+    args = ["predict", str(run), "--input", str(corpus), "--id-column", "chunk_id", "--chunk-rows", "40"]
     reference_out = tmp_path / "reference.csv"
     assert cli(*args, "--output", str(reference_out)).returncode == 0
 
@@ -101,13 +101,14 @@ print(hashlib.sha1(load_classifier(sys.argv[1]).score(texts, "scoring", False).s
 def test_fresh_processes_score_the_first_batch_bit_identically(trained_run, tmp_path):
     """A resumed prediction mixes rows scored by different processes. Without settle_cpu_math_kernels about one
     fresh process in three scored its first batch with a low-accuracy MKL cos (pytorch/pytorch#188792), so six
-    processes all agreeing would then happen about one time in ten. (The run's config pins the scoring route that
-    the test session measured, see conftest.trained_run.)"""
+    processes all agreeing would then happen about one time in ten. The run's copy pins the scoring route this
+    process measures: measured in each process, it can differ on a loaded machine."""
+    run = run_with_measured_route(trained_run.run_dir, tmp_path)
     corpus = tmp_path / "corpus.csv"
     corpus_frame(40).to_csv(corpus, index=False)
     digests = []
     for _ in range(3):  # two at a time: concurrent processes make the thread timing less regular
-        pair = [subprocess.Popen([sys.executable, "-c", FIRST_BATCH_SCORES, str(trained_run.run_dir), str(corpus)],
+        pair = [subprocess.Popen([sys.executable, "-c", FIRST_BATCH_SCORES, str(run), str(corpus)],
                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(2)]
         digests += [process.communicate(timeout=300)[0].strip() for process in pair]
     assert all(digests) and len(set(digests)) == 1, digests
@@ -121,15 +122,7 @@ def test_a_resumed_prediction_keeps_the_scoring_route_its_first_attempt_measured
     import framesft.inference as inference
     import framesft.precision as precision
 
-    import shutil
-
-    from framesft.runfolder import read_run_config
-
-    run = tmp_path / "run"  # the shared run pins its route; this copy measures, as a user's run does
-    shutil.copytree(trained_run.run_dir, run)
-    config = read_run_config(run)
-    config.evaluation.onednn_linears = config.evaluation.bf16_cascade = None
-    (run / "config.yaml").write_text(config.to_yaml())
+    run = trained_run.run_dir
     corpus = tmp_path / "corpus.csv"
     corpus_frame(24).to_csv(corpus, index=False)
     routed = []

@@ -310,6 +310,7 @@ def predict_corpus(run_dir: str | Path, input_path: str | Path, output_path: str
     cascade = scorer if isinstance(scorer, MarginCascade) else None
     if cascade:
         resume_cascade_state(cascade, parts, state.process_index)
+    state.wait_for_everyone()  # no process writes a part before every process has read what the last attempt left
     n_chunks = 0
     with progress_bar(total, "predicting", unit="rows",
                       enabled=show_progress and state.is_main_process) as advance:
