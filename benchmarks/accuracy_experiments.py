@@ -42,6 +42,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -526,6 +527,43 @@ def hard_passages(entries: list[dict]) -> dict:
     }
 
 
+SEED_SELECTION = REPO / "benchmarks" / "results" / "accuracy_seed_selection.json"
+
+
+def seed_selection(entries: list[dict]) -> dict:
+    """Would training several seeds and keeping the one that validates best pick the better coder? For every
+    recipe with two or more seeds (full budget, ensembles left out), each pair of its seeds: does the seed with
+    the higher validation F1 macro (the grouped split of the training file, what a user without dev has) also
+    score the higher dev F1 macro? Pairs of one recipe share seeds, so they are not independent draws: the sign
+    test below is a guide, not a proof."""
+    from scipy.stats import binomtest
+
+    by_recipe: dict[str, dict[int, dict]] = {}
+    for e in entries:
+        if e["budget"] == "full" and not e["recipe"].startswith("ensemble:") and e.get("validation_f1_macro"):
+            by_recipe.setdefault(e["recipe"], {})[e["seed"]] = e  # the newest entry per seed
+    pairs = []
+    for recipe, seeds in sorted(by_recipe.items()):
+        for a, b in combinations(sorted(seeds), 2):
+            first, second = seeds[a], seeds[b]
+            if abs(first["validation_f1_macro"] - second["validation_f1_macro"]) < 0.001:
+                continue  # a tie: one passage of the 77 moves validation F1 macro by more than this
+            picked, other = ((first, second) if first["validation_f1_macro"] > second["validation_f1_macro"]
+                             else (second, first))
+            pairs.append({"recipe": recipe, "picked_seed": picked["seed"], "other_seed": other["seed"],
+                          "validation_f1_macro": [round(picked["validation_f1_macro"], 4),
+                                                  round(other["validation_f1_macro"], 4)],
+                          "dev_f1_macro": [round(picked["dev_f1_macro"], 4), round(other["dev_f1_macro"], 4)],
+                          "dev_gain_of_the_pick": round(picked["dev_f1_macro"] - other["dev_f1_macro"], 4)})
+    gains = np.array([p["dev_gain_of_the_pick"] for p in pairs])
+    right = int((gains > 0).sum())
+    return {"pairs": len(pairs), "recipes": sum(len(s) > 1 for s in by_recipe.values()),
+            "validation_picks_the_better_dev_seed": right,
+            "sign_test_p": round(float(binomtest(right, len(pairs)).pvalue), 4) if pairs else None,
+            "mean_dev_gain_of_the_pick": round(float(gains.mean()), 4) if pairs else None,
+            "every_pair": pairs, "date": time.strftime("%Y-%m-%d")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipes", nargs="*", help="recipe names (see --list)")
@@ -537,6 +575,9 @@ def main() -> None:
     parser.add_argument("--hard-passages", action="store_true",
                         help=f"which dev passages the runs get wrong, how consistently, and whether TF-IDF gets "
                              f"those right; writes {HARD_PASSAGES.relative_to(REPO)}, stops")
+    parser.add_argument("--seed-selection", action="store_true",
+                        help=f"does the seed with the better validation F1 also score better on dev? writes "
+                             f"{SEED_SELECTION.relative_to(REPO)}, stops")
     parser.add_argument("--ensemble", metavar="RECIPE[@SEED]", nargs="+",
                         help="score entries already in the JSON as one ensemble (a recipe: its seeds; "
                              "RECIPE@SEED: that seed's entry; several recipes: runs of different recipes), "
@@ -559,6 +600,11 @@ def main() -> None:
         result = hard_passages(load_entries())
         HARD_PASSAGES.write_text(json.dumps(result, indent=1) + "\n")
         print(json.dumps({k: v for k, v in result.items() if k != "never_right"}, indent=1))
+        return
+    if args.seed_selection:
+        result = seed_selection(load_entries())
+        SEED_SELECTION.write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps({k: v for k, v in result.items() if k != "every_pair"}, indent=1))
         return
     if args.pooled:
         result = pooled_over_seeds(args.pooled, budget_name(args.max_steps), load_entries(), args.against)
