@@ -15,6 +15,8 @@ benchmarks/results/accuracy_experiments.json):
   for one row per paraphrase group): the textbook correction for a known label shift;
 - bias: softmax(log p / T + b) with T and one bias per label fitted by maximum likelihood (L2 penalty on b), a
   per-label shift learnt from the coded passages (vector scaling without the matrix).
+- balanced: softmax(log p - log pi_train), no coded passages used: the label prior a class-weighted loss
+  (weights 1 / pi_train) would move the model towards, a free screen of class weights before training with them.
 Fold assignments are stratified by label and repeated over several seeds; each repetition is a complete
 cross-fit, and the figures are their mean (with each one's paired test kept).
 
@@ -81,6 +83,8 @@ def adapt(variant: str, log_p_fit, truth_fit, log_p_apply, k: int, penalty: floa
         coded = (np.bincount(truth_fit, minlength=k) + 1) / (len(truth_fit) + k)
         trained = np.full(k, 1 / k) if train_prior is None else train_prior
         return log_softmax(log_p_apply + np.log(coded) - np.log(trained), axis=1)
+    if variant == "balanced":
+        return log_softmax(log_p_apply - np.log(train_prior), axis=1)
     if variant == "bias":
         t, bias = fit_temperature_and_bias(log_p_fit, truth_fit, penalty)  # what `framesft adapt` fits
         return log_softmax(log_p_apply / t + bias, axis=1)
@@ -92,7 +96,7 @@ def crossfit(entry: dict, variant: str, folds: int, seed: int, penalty: float) -
     truth = np.array([labels.index(y) for y in entry["dev_truth"]])
     log_p = np.log(np.clip(np.array(entry["dev_probabilities"]), 1e-12, 1))
     adapted = np.zeros_like(log_p)
-    train_prior = training_prior(entry) if variant == "prior" else None
+    train_prior = training_prior(entry) if variant in ("prior", "balanced") else None
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     for fit_rows, apply_rows in splitter.split(log_p, truth):
         adapted[apply_rows] = adapt(variant, log_p[fit_rows], truth[fit_rows], log_p[apply_rows], len(labels),
