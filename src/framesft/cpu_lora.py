@@ -118,6 +118,13 @@ def use_sparse_dropout(model) -> int:
     return replaced
 
 
+def sparse_dropout_in_effect(model) -> tuple[int, int]:
+    """(routed, present): LoRA input dropouts that are SparseDropout now, and all LoRA input dropouts with p > 0."""
+    dropouts = [dropout for module in model.modules() if isinstance(getattr(module, "lora_dropout", None), nn.ModuleDict)
+                for dropout in module.lora_dropout.values() if getattr(dropout, "p", 0) > 0]
+    return sum(isinstance(dropout, SparseDropout) for dropout in dropouts), len(dropouts)
+
+
 class _FusedLoraLinear(torch.autograd.Function):
     """y = x W^T + b + s * (dropout(x) A^T) B^T as one operation, for a frozen W and b.
 
@@ -190,6 +197,14 @@ def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     if x.dtype != base.weight.dtype or lora_a.dtype != x.dtype:
         return type(self).forward(self, x, *args, **kwargs)
     return _FusedLoraLinear.apply(x, base.weight, base.bias, lora_a, lora_b, scaling, p)
+
+
+def fused_lora_in_effect(model) -> tuple[int, int]:
+    """(routed, present): PEFT LoRA linear layers whose forward is the fused one now, and all of them."""
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    layers = [module for module in model.modules() if isinstance(module, LoraLinear)]
+    return sum(getattr(m.__dict__.get("forward"), "__func__", None) is _fused_forward for m in layers), len(layers)
 
 
 def use_fused_lora(model) -> int:

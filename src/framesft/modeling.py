@@ -104,8 +104,11 @@ def load_base_model(config: FrameSFTConfig, model_path: str, plan: ComputePlan, 
     settle_cpu_math_kernels()
     device = plan.torch_device
     method = method_class(config.method)
+    # use_kernels=False: from 5.25, with the `kernels` package (now a dependency), transformers "kernelizes" a model
+    # by default and again on every train()/eval(), resetting the forward of each layer it knows (RMSNorm among
+    # them) to its own choice: that undid the fused CPU norms, and its kernels come from the Hub at run time.
     kwargs = dict(dtype=plan.weights_dtype(for_training), trust_remote_code=config.model.trust_remote_code,
-                  **method.model_kwargs(labels, pad_token_id))
+                  use_kernels=False, **method.model_kwargs(labels, pad_token_id))
     if config.model.attn_implementation:
         kwargs["attn_implementation"] = config.model.attn_implementation
     if config.model.load_in_4bit:

@@ -188,6 +188,13 @@ def use_onednn_linears(model: torch.nn.Module) -> int:
     return len(layers)
 
 
+def onednn_linears_in_effect(model: torch.nn.Module) -> tuple[int, int]:
+    """(routed, present): nn.Linear layers whose forward goes through oneDNN now, and all nn.Linear layers."""
+    layers = [module for module in model.modules() if type(module) is torch.nn.Linear]
+    return (sum(getattr(l.__dict__.get("forward"), "__func__", None) is _onednn_linear_forward for l in layers),
+            len(layers))
+
+
 def cpu_prefers_onednn_fp32() -> bool:
     """Whether fp32 scoring should route its linear layers through oneDNN: measured ONEDNN_MIN_SPEEDUP times
     faster than ATen's BLAS, with fp32 results (AMD EPYCs; on Intel CPUs MKL is oneDNN's match)."""

@@ -98,6 +98,24 @@ def save_trained_weights(model, tokenizer, run_dir: Path) -> None:
         tokenizer.save_pretrained(staging)
 
 
+def software_versions(base_model: str) -> dict[str, str]:
+    """What produced a run: Python, framesft and the libraries that decide its numbers, and the pip packages of
+    an embedded model (run_summary.json's "software")."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .embedded import installed_versions
+
+    found = {"python": platform.python_version()}
+    for distribution in ("framesft", "torch", "transformers", "peft", "accelerate", "safetensors", "gguf", "kernels",
+                         "numpy", "scikit-learn"):
+        try:
+            found[distribution] = version(distribution)
+        except PackageNotFoundError:
+            pass  # kernels: only with transformers 5.25 and newer
+    return {**found, **installed_versions(base_model)}
+
+
 # ------------------------------------------------------------------------------------------ reading a run
 
 

@@ -39,13 +39,13 @@ from .evaluation import evaluate_texts, write_evaluation
 from .inference import Classifier, load_classifier, merged_for_scoring
 from .methods import Method, build_method
 from .metrics import classification_metrics, headline
-from .cpu_fused import use_fused_norms, use_fused_rotary
-from .cpu_lora import use_fused_lora, use_sparse_dropout
+from .cpu_fused import fused_norms_in_effect, fused_rotary_in_effect, use_fused_norms, use_fused_rotary
+from .cpu_lora import fused_lora_in_effect, sparse_dropout_in_effect, use_fused_lora, use_sparse_dropout
 from .modeling import count_parameters, load_base_model, load_tokenizer, make_trainable, resolve_model_path
 from .precision import (FUSED_LORA, FUSED_NORMS, FUSED_ROTARY, SPARSE_DROPOUT, ComputePlan, check_process_count,
-                        process_state, resolve_plan, use_onednn_linears)
+                        onednn_linears_in_effect, process_state, resolve_plan, use_onednn_linears)
 from .run_report import render_report
-from .runfolder import (CONFIG_FILE, SUMMARY_FILE, TRAINER_STATE_FILE, attach_log_file, checkpoint_folder, detach_log_file, prepare_run_folder, read_run_config, save_trained_weights, validate_checkpoint, write_run_metadata)
+from .runfolder import (CONFIG_FILE, software_versions, SUMMARY_FILE, TRAINER_STATE_FILE, attach_log_file, checkpoint_folder, detach_log_file, prepare_run_folder, read_run_config, save_trained_weights, validate_checkpoint, write_run_metadata)
 from .files import write_json, write_text
 from .tracking import finish_tracking, log_final_metrics, start_tracking
 
@@ -140,6 +140,7 @@ def final_classifier(trainer: LabelTrainer, config: FrameSFTConfig, labels: list
     final_model = merged_for_scoring(trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False))
     if plan.onednn_linears:  # as load_classifier scores
         use_onednn_linears(final_model)
+        log.info("scoring: oneDNN linear layers %d/%d", *onednn_linears_in_effect(final_model))
     return Classifier(config, labels, final_model, method.tokenizer, method)
 
 
@@ -164,14 +165,62 @@ def trainable_model(config: FrameSFTConfig, model_path: str, method: Method, lab
     return model
 
 
-# cpu_lora.py, cpu_fused.py: on CPU dropout's draws and memory-bound passes dominate a step
-FUSED_CPU_OPS = {SPARSE_DROPOUT: use_sparse_dropout, FUSED_LORA: use_fused_lora, FUSED_NORMS: use_fused_norms,
-                 FUSED_ROTARY: use_fused_rotary}
+# cpu_lora.py, cpu_fused.py: on CPU dropout's draws and memory-bound passes dominate a step. Each operation: how
+# to install it, and how to read off the model what it routes now (routed, present).
+FUSED_CPU_OPS = {SPARSE_DROPOUT: (use_sparse_dropout, sparse_dropout_in_effect),
+                 FUSED_LORA: (use_fused_lora, fused_lora_in_effect),
+                 FUSED_NORMS: (use_fused_norms, fused_norms_in_effect),
+                 FUSED_ROTARY: (use_fused_rotary, fused_rotary_in_effect)}
+WHAT_EACH_OP_ROUTES = {SPARSE_DROPOUT: "LoRA dropouts", FUSED_LORA: "LoRA linear layers",
+                       FUSED_NORMS: "RMSNorm modules", FUSED_ROTARY: "modeling modules' rotary embeddings"}
 
 
-def install_fused_cpu_ops(model, plan: ComputePlan) -> dict[str, int]:
-    """The plan's fused CPU operations, installed on the model; how many layers (or modules) each replaced."""
-    return {name: FUSED_CPU_OPS[name](model) for name in plan.fused_cpu_ops}
+def install_fused_cpu_ops(model, plan: ComputePlan) -> dict[str, dict[str, int]]:
+    """The plan's fused CPU operations, installed on the model; then what each routes, read off the model."""
+    for name in plan.fused_cpu_ops:
+        FUSED_CPU_OPS[name][0](model)
+    return check_fused_cpu_ops(model, plan, "installed")
+
+
+def fused_cpu_ops_in_effect(model, plan: ComputePlan) -> dict[str, dict[str, int]]:
+    """For each planned operation, how many modules it routes now and how many the model has."""
+    counts = {}
+    for name in plan.fused_cpu_ops:
+        routed, present = FUSED_CPU_OPS[name][1](model)
+        counts[name] = {"routed": routed, "present": present}
+    return counts
+
+
+def check_fused_cpu_ops(model, plan: ComputePlan, when: str) -> dict[str, dict[str, int]]:
+    """Log what the planned operations route, and warn in one line for each that routes fewer modules than the
+    model has: the plan's line then names an operation that is not (wholly) in effect, and the step is slower."""
+    import transformers
+
+    counts = fused_cpu_ops_in_effect(model, plan)
+    if counts:
+        log.info("fused CPU ops %s: %s", when, ", ".join(f"{name} {c['routed']}/{c['present']}"
+                                                          for name, c in counts.items()))
+    for name, c in counts.items():
+        if c["routed"] < c["present"] or not c["present"]:
+            log.warning("%s was planned but routes %d of %d %s %s (transformers %s): those run the library's own "
+                        "code", name, c["routed"], c["present"], WHAT_EACH_OP_ROUTES[name], when,
+                        transformers.__version__)
+    return counts
+
+
+class FusedOpsCheck(TrainerCallback):
+    """What the fused CPU operations route when the first training step starts: after the Trainer has put the
+    model in training mode, where a library that resets layers' forwards (transformers' Hub kernels do, on every
+    train()) would have undone them since they were installed."""
+
+    def __init__(self, plan: ComputePlan):
+        self.plan = plan
+        self.at_first_step: dict[str, dict[str, int]] | None = None
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if self.at_first_step is None and model is not None and self.plan.fused_cpu_ops:
+            self.at_first_step = check_fused_cpu_ops(model, self.plan, "at the first training step")
+        return control
 
 
 def build_trainer(config: FrameSFTConfig, model, method: Method, data: RunData, run_dir: Path, state,
@@ -180,7 +229,7 @@ def build_trainer(config: FrameSFTConfig, model, method: Method, data: RunData, 
     train_examples = [method.encode_example(text, label)
                       for text, label in zip(data.train[text_column], data.train[label_column])]
     report_to = start_tracking(config, run_dir, is_main_process=state.is_main_process)
-    callbacks: list[TrainerCallback] = [GracefulStop()]
+    callbacks: list[TrainerCallback] = [GracefulStop(), FusedOpsCheck(plan)]
     if config.training.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.training.early_stopping_patience))
     trainer = LabelTrainer(
@@ -437,6 +486,10 @@ def evaluate_and_summarise(result: TrainResult, classifier: Classifier, data: Ru
         "train_tokens_per_epoch": sum(len(e["input_ids"]) for e in trainer.train_dataset),
         "processes": trainer.args.world_size,
         "compute_plan": plan.to_dict(),
+        # what the planned fused CPU operations routed at the first step ({} when none were planned)
+        "fused_cpu_ops_routed": next((c.at_first_step for c in trainer.callback_handler.callbacks
+                                      if isinstance(c, FusedOpsCheck)), None) or {},
+        "software": software_versions(classifier.config.model.base_model),
         "metrics": {split: headline(m) for split, m in result.metrics.items()},
     })
     log_final_metrics(result.metrics)
