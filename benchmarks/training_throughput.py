@@ -399,6 +399,8 @@ def main() -> None:
                 "mean_loss_after_minus_before": round(sum(after) / len(after) - sum(before) / len(before), 4),
             },
         }
+    from framesft.runfolder import software_versions
+
     roof_at_end = measure_roof()
     for entry in models.values():
         add_shares(entry, roof_at_start, roof_at_end)
@@ -415,6 +417,8 @@ def main() -> None:
         "cores": os.cpu_count(),
         "cpu": cpu_description(),
         "compute_plan": plan_line(),
+        # the versions it was measured with (the lock's, after `make install`), for every model benchmarked
+        "software": {model: software_versions(model) for model in args.models},
         "roof_at_start": roof_at_start,
         "roof_at_end": roof_at_end,
         "models": models,

