@@ -46,8 +46,8 @@ from .errors import DataError, RunFolderError
 from .files import atomic_directory, copy_entries, read_json, write_json
 from .metrics import classification_metrics
 from .reliability import agreement
-from .runfolder import (ADAPTER_DIR, CONFIG_FILE, DATA_REPORT_FILE, LABEL_DISTRIBUTION_FILE, LABEL_MAP_FILE, MODEL_DIR,
-                        SUMMARY_FILE, read_provenance)
+from .runfolder import (ADAPTER_DIR, CONFIG_FILE, DATA_REPORT_FILE, ENSEMBLE_FILE, LABEL_DISTRIBUTION_FILE,
+                        LABEL_MAP_FILE, MODEL_DIR, SUMMARY_FILE, read_provenance)
 from .statistics import bootstrap_intervals, paired_comparison
 from .tables import row_number
 
@@ -55,8 +55,8 @@ log = logging.getLogger(__name__)
 
 ADAPTATION_FILE = "adaptation.json"
 # what an adapted run folder keeps of its source run: what scoring needs and what describes the training
-KEPT_FROM_SOURCE = (CONFIG_FILE, LABEL_MAP_FILE, ADAPTER_DIR, MODEL_DIR, DATA_REPORT_FILE, LABEL_DISTRIBUTION_FILE,
-                    SUMMARY_FILE)
+KEPT_FROM_SOURCE = (CONFIG_FILE, LABEL_MAP_FILE, ADAPTER_DIR, MODEL_DIR, ENSEMBLE_FILE, DATA_REPORT_FILE,
+                    LABEL_DISTRIBUTION_FILE, SUMMARY_FILE)
 
 
 def passage_fingerprint(text: str) -> str:

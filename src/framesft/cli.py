@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import FrameSFTError
+from .errors import DataError, FrameSFTError
 
 log = logging.getLogger("framesft")
 
@@ -23,6 +23,7 @@ EPILOG = """examples:
   framesft predict runs/my-run --input corpus.csv --output labels.parquet
   framesft baseline configs/smollm2-brexit.yaml           TF-IDF + logistic regression floor
   framesft export runs/my-run --output merged/            adapter merged into a plain transformers model
+  framesft ensemble runs/gemma runs/qwen --run-dir runs/both   mean calibrated probabilities, used as one run
   framesft config --explain                               every config key: type, default, what it does
   framesft predict runs/my-run --input debates.parquet --output frames.parquet --keep-columns date,party
   framesft sample frames.parquet --n 200 --output coding_sheet.csv --corpus debates.parquet
@@ -162,6 +163,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", action="store_true", help="add the TF-IDF baseline trained on the first run's data")
     add_file_format(p, "the first run's data.encoding", "the first run's data.delimiter")
 
+    p = commands.add_parser(
+        "ensemble", help="average the calibrated probabilities of several runs, used as one run",
+        description="Write an ensemble folder that averages the calibrated probabilities of trained runs (e.g. a "
+                    "Gemma and a Qwen run) sharing a label set. evaluate, predict, compare and calibrate take the "
+                    "folder like any run. Calibrate each member first (`framesft calibrate RUN`).")
+    p.set_defaults(handler=command_ensemble)
+    p.add_argument("runs", nargs="+", help="run folders (two or more)")
+    p.add_argument("--run-dir", required=True, help="new folder for the ensemble")
+    p.add_argument("--weights", help="comma-separated weight per run (default: equal)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+
     p = commands.add_parser("baseline", help="TF-IDF + logistic regression on a config's data (the lexical floor)")
     p.set_defaults(handler=command_baseline)
     p.add_argument("config", help="YAML config file (its data section is used)")
@@ -256,6 +268,21 @@ def command_compare(args, show_progress: bool) -> int:
     result = compare_runs(args.runs, args.data, args.output_dir, args.baseline, show_progress, args.encoding,
                           args.delimiter, sheet=args.sheet)
     print(result["markdown"])
+    return 0
+
+
+def command_ensemble(args, show_progress: bool) -> int:
+    from .ensemble import create_ensemble, ensemble_members
+
+    try:
+        weights = [float(w) for w in split_list(args.weights)] if args.weights else None
+    except ValueError:
+        raise DataError(f"--weights {args.weights}: give numbers separated by commas, e.g. --weights 1,2") from None
+    folder = create_ensemble(args.runs, args.run_dir, weights, args.overwrite)
+    for member in ensemble_members(folder):
+        print(f"{member['weight']:.3f}  {member['run']}  ({member['base_model']}, temperature "
+              f"{member['temperature']:.3f})")
+    print(f"ensemble written to {folder}; evaluate it with: framesft evaluate {folder} --data FILE")
     return 0
 
 

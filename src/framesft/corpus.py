@@ -26,7 +26,8 @@ from .adaptation import adaptation_provenance
 from .cascade import MarginCascade, summed_tallies
 from .errors import DataError, FrameSFTError, RunFolderError
 from .files import atomic_path, read_json, write_json
-from .runfolder import check_run_folder, provenance_path, read_label_map, read_run_config
+from .runfolder import (ENSEMBLE_FILE, check_run_folder, is_ensemble, provenance_path, read_label_map,
+                        read_run_config)
 from .tables import (DELIMITED_SUFFIXES, csv_options, iter_delimited_chunks, iter_jsonl_records, read_workbook,
                      require_columns, text_encoding)
 from .terminal import progress_bar
@@ -347,6 +348,8 @@ def write_provenance(run_dir: Path, config, output: Path, processes: int = 1,
     before the predictions themselves, so a prediction file never lacks it."""
     record = {"run": str(run_dir.resolve()), "base_model": config.model.base_model, "method": config.method,
               "framesft_version": __version__, "processes": processes}
+    if is_ensemble(run_dir):
+        record["ensemble"] = read_json(run_dir / ENSEMBLE_FILE)["members"]
     adapted_on = adaptation_provenance(run_dir)
     if adapted_on:
         record["adapted_on"] = adapted_on

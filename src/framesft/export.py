@@ -13,7 +13,7 @@ from .calibration import CALIBRATION_FILE
 from .errors import RunFolderError
 from .files import atomic_directory
 from .inference import load_classifier
-from .runfolder import CONFIG_FILE, LABEL_MAP_FILE
+from .runfolder import CONFIG_FILE, LABEL_MAP_FILE, is_ensemble
 
 
 def export_merged(run_dir: str | Path, output_dir: str | Path) -> Path:
@@ -24,6 +24,9 @@ def export_merged(run_dir: str | Path, output_dir: str | Path) -> Path:
     if output.exists() and any(output.iterdir()):
         raise RunFolderError(f"{output} already exists and is not empty; choose another --output")
     run_dir = Path(run_dir)
+    if is_ensemble(run_dir):
+        raise RunFolderError(f"{run_dir} is an ensemble of runs, with no single model to export; export its members "
+                             "one by one")
     # On CPU in fp32 whatever the machine would score in: the export must not depend on where it was made.
     classifier = load_classifier(run_dir, merge=True, dtype=None if torch.cuda.is_available() else "float32")
     merged = classifier.model

@@ -122,7 +122,15 @@ def methods_paragraph(table: pd.DataFrame, source: str, audit_design: dict | Non
     provenance = read_provenance(source)
     run = Path(provenance["run"]) if provenance.get("run") else None
     parts = []
-    if run is not None and (run / "config.yaml").is_file():
+    if provenance.get("ensemble"):
+        members = provenance["ensemble"]
+        parts.append(f"Passages were classified into {table['label'].nunique()} frames by an ensemble of "
+                     f"{len(members)} fine-tuned models ("
+                     + "; ".join(f"{m['base_model']}, weight {m['weight']:.2f}" for m in members)
+                     + "): each model's probabilities were calibrated by temperature scaling and the ensemble's "
+                     f"probability of a frame is their weighted mean (framesft "
+                     f"{provenance.get('framesft_version', __version__)}).")
+    elif run is not None and (run / "config.yaml").is_file():
         config = read_run_config(run)
         summary = read_json(run / SUMMARY_FILE)
         t = config.training

@@ -13,11 +13,14 @@ import pandas as pd
 from .calibration import read_label_bias, read_temperature
 from .cascade import MarginCascade, bf16_copy
 from .config import FrameSFTConfig
+from .ensemble import ensemble_classifier, ensemble_members
+from .errors import RunFolderError
 from .methods import Method, Scorer, build_method
 from .modeling import load_adapter, load_base_model, load_tokenizer, resolve_model_path
 from .precision import resolve_plan, use_onednn_linears
 from .files import refuse_pickled_weights
-from .runfolder import MODEL_DIR, check_run_folder, read_label_map, read_run_config, trained_weights_dir
+from .runfolder import (MODEL_DIR, check_run_folder, is_ensemble, read_label_map, read_run_config,
+                        trained_weights_dir)
 from .scoring import LabelScores, predictions_table
 from .terminal import progress_bar
 
@@ -68,14 +71,25 @@ def merged_for_scoring(model):
 
 
 def load_classifier(run_dir: str | Path, device=None, merge: bool = True, dtype: str | None = None,
-                    scoring: dict[str, bool] | None = None) -> Classifier:
+                    scoring: dict[str, bool] | None = None, cascade: bool = True) -> Classifier:
     """Base model + the run's LoRA adapter (or the run's fully fine-tuned model), with the run's own config, labels
     and prompt.
 
     merge: fold the adapter into the weights for faster scoring (merged_for_scoring); dtype overrides the run's
     model.dtype (export writes fp32 weights on CPU); scoring: {"onednn_linears": ..., "bf16_cascade": ...} decided
-    already (a prediction's recorded route, corpus.scoring_route) instead of measured on this CPU."""
+    already (a prediction's recorded route, corpus.scoring_route) instead of measured on this CPU; cascade=False
+    keeps the bf16 cascade off whatever the plan says (an ensemble's members, ensemble.py).
+
+    An ensemble folder (`framesft ensemble`) loads as an EnsembleClassifier with the same interface."""
     run_dir = Path(run_dir)
+    if is_ensemble(run_dir):
+        if merge is False or dtype:
+            raise RunFolderError(f"{run_dir} is an ensemble of runs: it has no single model to load unmerged or "
+                                 "in another dtype; use one of its member runs")
+        check_run_folder(run_dir)  # every member still a complete run
+        members = [load_classifier(member["run"], device, scoring=scoring, cascade=False)
+                   for member in ensemble_members(run_dir)]
+        return ensemble_classifier(run_dir, members)
     check_run_folder(run_dir)
     config = read_run_config(run_dir)
     if dtype or scoring:
@@ -99,7 +113,7 @@ def load_classifier(run_dir: str | Path, device=None, merge: bool = True, dtype:
     if merge:
         model = merged_for_scoring(model)
     model.eval()
-    fast_model = bf16_copy(model) if plan.scoring_cascade else None
+    fast_model = bf16_copy(model) if plan.scoring_cascade and cascade else None
     if plan.onednn_linears:
         use_onednn_linears(model)
     return Classifier(config, labels, model, tokenizer, build_method(config, tokenizer, labels),

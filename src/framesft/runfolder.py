@@ -12,6 +12,7 @@ interrupted process never leaves something half-written that looks complete.
     model/                 instead of adapter/ after full fine-tuning (training.use_lora: false): the whole
                            fine-tuned model as a transformers folder, and the tokenizer
     checkpoints/           Trainer checkpoints (for --resume)
+    ensemble.json          instead of adapter/ in an ensemble folder (`framesft ensemble`): the member runs
     train.log, trainer_state.json, run_summary.json, metrics_*.json, ..., report.html
 """
 
@@ -39,6 +40,7 @@ LABEL_DISTRIBUTION_FILE = "label_distribution.json"
 TRAINER_STATE_FILE = "trainer_state.json"
 SUMMARY_FILE = "run_summary.json"
 REPORT_FILE = "report.html"
+ENSEMBLE_FILE = "ensemble.json"  # an ensemble folder (ensemble.py): names member runs instead of holding weights
 
 
 # ------------------------------------------------------------------------------------------ writing a run
@@ -126,7 +128,19 @@ def check_run_folder(run_dir: Path) -> None:
                 f"{run_dir}: not a complete framesft run (missing {required}); "
                 "give the folder that `framesft train` wrote"
             )
+    if is_ensemble(run_dir):
+        for member in read_json(run_dir / ENSEMBLE_FILE)["members"]:
+            if not Path(member["run"]).is_dir():
+                raise RunFolderError(f"{run_dir}/{ENSEMBLE_FILE}: member {member['run']} does not exist (moved or "
+                                     "deleted?); make the ensemble again with `framesft ensemble` from the runs' "
+                                     "new places")
+            check_run_folder(Path(member["run"]))
+        return
     trained_weights_dir(run_dir)
+
+
+def is_ensemble(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / ENSEMBLE_FILE).is_file()
 
 
 def trained_weights_dir(run_dir: Path) -> Path:
