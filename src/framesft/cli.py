@@ -384,16 +384,11 @@ def command_evaluate(args, show_progress: bool) -> int:
 
 def command_predict(args, show_progress: bool) -> int:
     from .corpus import predict_corpus
-    from .inference import load_classifier, predict_texts
+    from .inference import predict_texts
+    from .vllm_engine import load_classifier_for
 
     if args.text:
-        if args.engine == "vllm":
-            from .vllm_engine import load_remote_classifier
-
-            classifier = load_remote_classifier(args.run, args.server)
-        else:
-            classifier = load_classifier(args.run)
-        table = predict_texts(classifier, args.text)
+        table = predict_texts(load_classifier_for(args.run, args.engine, args.server), args.text)
         print(table.drop(columns=["text"]).to_csv(index=False), end="")
         return 0
     if not args.output:

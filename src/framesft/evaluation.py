@@ -14,6 +14,7 @@ from .dataset import load_run_data, read_coder_columns, read_labelled_file
 from .errors import DataError
 from .files import write_json, write_table
 from .inference import Classifier, load_classifier
+from .vllm_engine import load_classifier_for
 from .metrics import classification_metrics, per_class_rows
 from .plots import confusion_matrix_figure, save_png
 from .reliability import model_as_coder
@@ -68,12 +69,7 @@ def evaluate_run(run_dir: str | Path, data_path: str | Path, output_dir: str | P
     agreement beside model-human agreement. `engine="vllm"`: score through the vLLM server at `server`
     (vllm_engine.py) instead of in this process.
     """
-    if engine == "vllm":
-        from .vllm_engine import load_remote_classifier
-
-        classifier = load_remote_classifier(run_dir, server)
-    else:
-        classifier = load_classifier(run_dir)
+    classifier = load_classifier_for(run_dir, engine, server)
     data = classifier.config.data.with_format(encoding, delimiter, sheet)
     table = read_labelled_file(data_path, data, classifier.labels, extra_columns=coder_columns)
     coders = read_coder_columns(table, str(data_path), coder_columns, classifier.labels)

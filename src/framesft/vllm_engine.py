@@ -41,10 +41,16 @@ PASSAGES_PER_REQUEST = 16  # passages scored per round of calls: enough for vLLM
 CONCURRENT_CALLS = 16  # calls in flight at once (one per continued token)
 
 
-def check_sft(run_dir: Path, config) -> None:
+def servable_run_config(run_dir: Path):
+    """The config of a run vLLM can score: one complete generative SFT run (not an ensemble, not a head)."""
+    if is_ensemble(run_dir):
+        raise ConfigError(f"{run_dir} is an ensemble: serve and score each member on its own server, or in-process")
+    check_run_folder(run_dir)
+    config = read_run_config(run_dir)
     if config.method != "sft":
         raise ConfigError(f"{run_dir} is a {config.method} run: vLLM generates text, and only generative SFT runs "
                           "score labels by their tokens; score this run in-process (--engine local)")
+    return config
 
 
 def served_model_folder(run_dir: Path) -> Path:
@@ -61,11 +67,7 @@ def serve_command(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000
     """The `vllm serve` line that serves a run for `framesft predict RUN --engine vllm --server URL`; with
     `export`, first writes the merged model it serves where there is none yet."""
     run_dir = Path(run_dir)
-    if is_ensemble(run_dir):
-        raise ConfigError(f"{run_dir} is an ensemble: serve each member with its own server")
-    check_run_folder(run_dir)
-    config = read_run_config(run_dir)
-    check_sft(run_dir, config)
+    config = servable_run_config(run_dir)
     folder = served_model_folder(run_dir)
     if export and not folder.is_dir():
         from .export import export_merged
@@ -205,11 +207,7 @@ def load_remote_classifier(run_dir: str | Path, server: str) -> RemoteClassifier
     run_dir = Path(run_dir)
     if not server:
         raise ConfigError("--engine vllm needs --server URL, the address of the running vLLM server")
-    if is_ensemble(run_dir):
-        raise ConfigError(f"{run_dir} is an ensemble: score its members through their servers, or in-process")
-    check_run_folder(run_dir)
-    config = read_run_config(run_dir)
-    check_sft(run_dir, config)
+    config = servable_run_config(run_dir)
     labels = read_label_map(run_dir)
     full = (run_dir / MODEL_DIR).is_dir()
     tokenizer = load_tokenizer(str(run_dir / MODEL_DIR) if full else resolve_model_path(config.model.base_model),
@@ -218,3 +216,13 @@ def load_remote_classifier(run_dir: str | Path, server: str) -> RemoteClassifier
     remote = VLLMScorer(server, builder, config.evaluation.length_normalize)
     remote.check_server()
     return RemoteClassifier(config, labels, remote, read_temperature(run_dir), read_label_bias(run_dir, labels))
+
+
+def load_classifier_for(run_dir: str | Path, engine: str = "local", server: str | None = None):
+    """The run's classifier scoring in this process (engine "local", inference.load_classifier) or through the
+    vLLM server at `server` (engine "vllm"): the same interface either way."""
+    if engine == "vllm":
+        return load_remote_classifier(run_dir, server)
+    from .inference import load_classifier
+
+    return load_classifier(run_dir)
